@@ -91,32 +91,41 @@ def _pending(journal: jpb.JournalSlice, step_id: str) -> jpb.PendingStep | None:
     return step
 
 
+def _attempt(
+    journal: jpb.JournalSlice,
+    step_id: str,
+    name: str,
+    ordinal: int,
+    attempt: int,
+    status: pb.StepStatus.ValueType,
+) -> jpb.PendingStep | None:
+    """Record that an attempt of a step was scheduled or started; None once it finished."""
+    step = _pending(journal, step_id)
+    if step is None:
+        return None
+    if name:
+        step.name = name
+    if ordinal:
+        step.ordinal = ordinal
+    step.attempt = max(step.attempt, attempt)
+    step.status = status
+    return step
+
+
 def _on_step_scheduled(journal: jpb.JournalSlice, event: pb.LedgerEvent, occurred: int) -> None:
     e = event.step_scheduled
-    step = _pending(journal, e.step_id)
+    step = _attempt(journal, e.step_id, e.name, e.ordinal, e.attempt, pb.STEP_STATUS_SCHEDULED)
     if step is None:
         return
-    if e.name:
-        step.name = e.name
-    if e.ordinal:
-        step.ordinal = e.ordinal
-    step.attempt = max(step.attempt, e.attempt)
-    step.status = pb.STEP_STATUS_SCHEDULED
     step.worker_kind = e.worker_kind
     step.ClearField("next_attempt_time")
 
 
 def _on_step_started(journal: jpb.JournalSlice, event: pb.LedgerEvent, occurred: int) -> None:
     e = event.step_started
-    step = _pending(journal, e.step_id)
+    step = _attempt(journal, e.step_id, e.name, e.ordinal, e.attempt, pb.STEP_STATUS_RUNNING)
     if step is None:
         return
-    if e.name:
-        step.name = e.name
-    if e.ordinal:
-        step.ordinal = e.ordinal
-    step.attempt = max(step.attempt, e.attempt)
-    step.status = pb.STEP_STATUS_RUNNING
     if not step.HasField("start_time"):
         set_nanos(step.start_time, occurred)
     step.ClearField("next_attempt_time")

@@ -205,27 +205,18 @@ def _set_active(
         snap.ClearField("active_artifact_namespace")
 
 
-def _touch_step(snap: pb.RunSnapshot, step_id: str) -> None:
-    if step_id not in snap.steps:
-        snap.ordered_step_ids.append(step_id)
-
-
 def _step(
     snap: pb.RunSnapshot, step_id: str, status: pb.StepStatus.ValueType
-) -> tuple[pb.StepSnapshot, pb.StepSnapshot | None]:
-    """Return (the step to update, a copy of the step before the event or None)."""
+) -> tuple[pb.StepSnapshot, pb.StepStatus.ValueType | None]:
+    """Return the step to update (created with ``status`` if new) and its status before."""
     existing = snap.steps.get(step_id)
-    before: pb.StepSnapshot | None = None
     if existing is not None:
-        before = pb.StepSnapshot()
-        before.CopyFrom(existing)
-    else:
-        snap.ordered_step_ids.append(step_id)
+        return existing, existing.status
+    snap.ordered_step_ids.append(step_id)
     step = snap.steps[step_id]
-    if before is None:
-        step.step_id = step_id
-        step.status = status
-    return step, before
+    step.step_id = step_id
+    step.status = status
+    return step, None
 
 
 def _copy_label_kind(
@@ -313,67 +304,30 @@ def _finish(snap: pb.RunSnapshot, status: pb.RunStatus.ValueType, occurred: int)
     _clear_active(snap)
 
 
-def _set_error(snap: pb.RunSnapshot, error: common_pb2.ErrorInfo | None) -> None:
-    if error is not None:
-        snap.error.CopyFrom(error)
-
-
-def _on_run_completed(snap: pb.RunSnapshot, event: pb.LedgerEvent, occurred: int) -> None:
-    if _conflicts(snap, "run_completed"):
+def _on_run_ended(snap: pb.RunSnapshot, event: pb.LedgerEvent, occurred: int) -> None:
+    """Reduce any terminal event: completed, failed, cancelled, timed out, terminated."""
+    case = event.WhichOneof("payload")
+    assert case is not None
+    if _conflicts(snap, case):
         return
-    e = event.run_completed
-    _finish(snap, pb.RUN_STATUS_COMPLETED, occurred)
-    snap.ClearField("error")
-    if e.HasField("result"):
-        snap.result.CopyFrom(e.result)
-    if e.HasField("result_summary"):
-        snap.result_summary.CopyFrom(e.result_summary)
-
-
-def _on_run_failed(snap: pb.RunSnapshot, event: pb.LedgerEvent, occurred: int) -> None:
-    if _conflicts(snap, "run_failed"):
-        return
-    e = event.run_failed
-    _finish(snap, pb.RUN_STATUS_FAILED, occurred)
-    _set_error(snap, e.error if e.HasField("error") else None)
-    if e.HasField("result"):
-        snap.result.CopyFrom(e.result)
-    if e.compensation != pb.COMPENSATION_OUTCOME_UNSPECIFIED:
-        snap.compensation = e.compensation
-
-
-def _on_run_cancelled(snap: pb.RunSnapshot, event: pb.LedgerEvent, occurred: int) -> None:
-    if _conflicts(snap, "run_cancelled"):
-        return
-    e = event.run_cancelled
-    _finish(snap, pb.RUN_STATUS_CANCELLED, occurred)
-    _set_error(snap, e.error if e.HasField("error") else None)
-    if e.HasField("result"):
-        snap.result.CopyFrom(e.result)
-    if e.compensation != pb.COMPENSATION_OUTCOME_UNSPECIFIED:
-        snap.compensation = e.compensation
-
-
-def _on_run_timed_out(snap: pb.RunSnapshot, event: pb.LedgerEvent, occurred: int) -> None:
-    if _conflicts(snap, "run_timed_out"):
-        return
-    e = event.run_timed_out
-    _finish(snap, pb.RUN_STATUS_TIMED_OUT, occurred)
-    _set_error(snap, e.error if e.HasField("error") else None)
-    if e.HasField("result"):
-        snap.result.CopyFrom(e.result)
-    if e.compensation != pb.COMPENSATION_OUTCOME_UNSPECIFIED:
-        snap.compensation = e.compensation
-
-
-def _on_run_terminated(snap: pb.RunSnapshot, event: pb.LedgerEvent, occurred: int) -> None:
-    if _conflicts(snap, "run_terminated"):
-        return
-    e = event.run_terminated
-    _finish(snap, pb.RUN_STATUS_TERMINATED, occurred)
-    snap.error.CopyFrom(common_pb2.ErrorInfo(message=e.reason or "terminated", type="Terminated"))
-    if e.HasField("result"):
-        snap.result.CopyFrom(e.result)
+    ended = getattr(event, case)
+    _finish(snap, _TERMINAL_BY_CASE[case], occurred)
+    if case == "run_completed":
+        snap.ClearField("error")
+        if ended.HasField("result_summary"):
+            snap.result_summary.CopyFrom(ended.result_summary)
+    elif case == "run_terminated":
+        snap.error.CopyFrom(
+            common_pb2.ErrorInfo(message=ended.reason or "terminated", type="Terminated")
+        )
+    else:
+        # An ended event without an error keeps the one already recorded.
+        if ended.HasField("error"):
+            snap.error.CopyFrom(ended.error)
+        if ended.compensation != pb.COMPENSATION_OUTCOME_UNSPECIFIED:
+            snap.compensation = ended.compensation
+    if ended.HasField("result"):
+        snap.result.CopyFrom(ended.result)
 
 
 # -- step events -----------------------------------------------------------
@@ -382,7 +336,7 @@ def _on_run_terminated(snap: pb.RunSnapshot, event: pb.LedgerEvent, occurred: in
 def _on_step_scheduled(snap: pb.RunSnapshot, event: pb.LedgerEvent, occurred: int) -> None:
     e = event.step_scheduled
     step, before = _step(snap, e.step_id, pb.STEP_STATUS_SCHEDULED)
-    if before is not None and before.status in (pb.STEP_STATUS_RETRYING, pb.STEP_STATUS_SCHEDULED):
+    if before in (pb.STEP_STATUS_RETRYING, pb.STEP_STATUS_SCHEDULED):
         step.status = pb.STEP_STATUS_SCHEDULED
     if e.worker_kind:
         step.worker_kind = e.worker_kind
@@ -395,7 +349,7 @@ def _on_step_started(snap: pb.RunSnapshot, event: pb.LedgerEvent, occurred: int)
     e = event.step_started
     step, before = _step(snap, e.step_id, pb.STEP_STATUS_RUNNING)
     _copy_label_kind(step, e)
-    if before is None or before.status not in (pb.STEP_STATUS_FAILED, pb.STEP_STATUS_COMPLETED):
+    if before not in (pb.STEP_STATUS_FAILED, pb.STEP_STATUS_COMPLETED):
         step.status = pb.STEP_STATUS_RUNNING
     if e.HasField("artifact_namespace"):
         step.artifact_namespace = e.artifact_namespace
@@ -650,11 +604,11 @@ _HANDLERS: dict[str, Callable[[pb.RunSnapshot, pb.LedgerEvent, int], None]] = {
     "run_created": _on_run_created,
     "run_started": _on_run_started,
     "run_waiting": _on_run_waiting,
-    "run_completed": _on_run_completed,
-    "run_failed": _on_run_failed,
-    "run_cancelled": _on_run_cancelled,
-    "run_timed_out": _on_run_timed_out,
-    "run_terminated": _on_run_terminated,
+    "run_completed": _on_run_ended,
+    "run_failed": _on_run_ended,
+    "run_cancelled": _on_run_ended,
+    "run_timed_out": _on_run_ended,
+    "run_terminated": _on_run_ended,
     "step_scheduled": _on_step_scheduled,
     "step_started": _on_step_started,
     "step_progress": _on_step_progress,

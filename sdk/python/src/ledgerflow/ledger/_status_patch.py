@@ -31,6 +31,15 @@ from ledgerflow.v1 import run_service_pb2 as rpb
 
 _Signature = tuple[int | str | None, ...]
 
+# Deviation 1: timed_out and terminated keep their own events (the reference emits run.failed).
+_TERMINAL_CASES: dict[pb.RunStatus.ValueType, str] = {
+    pb.RUN_STATUS_COMPLETED: "run_completed",
+    pb.RUN_STATUS_FAILED: "run_failed",
+    pb.RUN_STATUS_CANCELLED: "run_cancelled",
+    pb.RUN_STATUS_TIMED_OUT: "run_timed_out",
+    pb.RUN_STATUS_TERMINATED: "run_terminated",
+}
+
 
 def _normalize_progress(raw: pb.StepProgress) -> pb.StepProgress:
     out = pb.StepProgress()
@@ -182,32 +191,14 @@ def events_from_status_patch(
 
     if is_terminal(status) and not is_terminal(previous.status):
         event = _event(run_id, source, max(finishes) if finishes else checkpoint)
-        if status == pb.RUN_STATUS_COMPLETED:
-            event.run_completed.SetInParent()
-            if patch.HasField("result"):
-                event.run_completed.result.CopyFrom(patch.result)
-        elif status == pb.RUN_STATUS_CANCELLED:
-            event.run_cancelled.SetInParent()
-            if patch.HasField("error"):
-                event.run_cancelled.error.CopyFrom(patch.error)
-            if patch.HasField("result"):
-                event.run_cancelled.result.CopyFrom(patch.result)
-        elif status == pb.RUN_STATUS_TIMED_OUT:
-            event.run_timed_out.SetInParent()
-            if patch.HasField("error"):
-                event.run_timed_out.error.CopyFrom(patch.error)
-            if patch.HasField("result"):
-                event.run_timed_out.result.CopyFrom(patch.result)
-        elif status == pb.RUN_STATUS_TERMINATED:
-            event.run_terminated.SetInParent()
-            event.run_terminated.reason = patch.error.message
-            if patch.HasField("result"):
-                event.run_terminated.result.CopyFrom(patch.result)
-        else:
-            event.run_failed.SetInParent()
-            if patch.HasField("error"):
-                event.run_failed.error.CopyFrom(patch.error)
-            if patch.HasField("result"):
-                event.run_failed.result.CopyFrom(patch.result)
+        case = _TERMINAL_CASES[status]
+        ended = getattr(event, case)
+        ended.SetInParent()
+        if case == "run_terminated":
+            ended.reason = patch.error.message
+        elif case != "run_completed" and patch.HasField("error"):
+            ended.error.CopyFrom(patch.error)
+        if patch.HasField("result"):
+            ended.result.CopyFrom(patch.result)
         events.append(event)
     return events
