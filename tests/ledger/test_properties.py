@@ -138,3 +138,18 @@ def test_log_count_is_monotonic_and_tail_bounded(ledger: list[pb.LedgerEvent]) -
         assert snap.total_log_count >= count
         assert len(snap.log_tail) <= 100
         count = snap.total_log_count
+
+
+@settings(max_examples=300, deadline=None)
+@given(ledger=LEDGERS)
+def test_running_step_ids_are_exactly_the_running_steps_in_first_seen_order(
+    ledger: list[pb.LedgerEvent],
+) -> None:
+    snap = empty_snapshot("r")
+    for event in ledger:
+        apply_event(snap, event)
+        ordered = list(snap.ordered_step_ids)
+        assert [snap.steps[s].first_seen_index for s in ordered] == list(range(len(ordered)))
+        assert list(snap.running_step_ids) == [
+            s for s in ordered if snap.steps[s].status == pb.STEP_STATUS_RUNNING
+        ]

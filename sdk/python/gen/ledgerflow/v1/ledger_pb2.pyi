@@ -1829,6 +1829,7 @@ class RunSnapshot(_message.Message):
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     DEADLINE_TIME_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    RUNNING_STEP_IDS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """run_id identifies the run."""
     workflow_name: _builtins.str
@@ -1923,6 +1924,10 @@ class RunSnapshot(_message.Message):
     def deadline_time(self) -> _timestamp_pb2.Timestamp:
         """deadline_time is when the run times out, when it has an execution timeout."""
 
+    @_builtins.property
+    def running_step_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """running_step_ids lists the steps now running, in first-seen order; active_step_id is the last."""
+
     def __init__(
         self,
         *,
@@ -1957,10 +1962,11 @@ class RunSnapshot(_message.Message):
         parent_run_id: _builtins.str = ...,
         deadline_time: _timestamp_pb2.Timestamp | None = ...,
         idempotency_key: _builtins.str = ...,
+        running_step_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_active_artifact_namespace", b"_active_artifact_namespace", "_active_step_id", b"_active_step_id", "_result_namespace", b"_result_namespace", "_workflow_name", b"_workflow_name", "active_artifact_namespace", b"active_artifact_namespace", "active_step_id", b"active_step_id", "create_time", b"create_time", "deadline_time", b"deadline_time", "duration", b"duration", "error", b"error", "finish_time", b"finish_time", "result", b"result", "result_namespace", b"result_namespace", "result_summary", b"result_summary", "start_time", b"start_time", "update_time", b"update_time", "workflow_name", b"workflow_name"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_active_artifact_namespace", b"_active_artifact_namespace", "_active_step_id", b"_active_step_id", "_result_namespace", b"_result_namespace", "_workflow_name", b"_workflow_name", "active_artifact_namespace", b"active_artifact_namespace", "active_step_id", b"active_step_id", "cancel_reason", b"cancel_reason", "cancel_requested", b"cancel_requested", "compensation", b"compensation", "compensations", b"compensations", "create_time", b"create_time", "deadline_time", b"deadline_time", "duration", b"duration", "error", b"error", "finish_time", b"finish_time", "idempotency_key", b"idempotency_key", "last_seq", b"last_seq", "log_tail", b"log_tail", "logs_truncated", b"logs_truncated", "metadata", b"metadata", "open_waitpoints", b"open_waitpoints", "ordered_step_ids", b"ordered_step_ids", "parent_run_id", b"parent_run_id", "result", b"result", "result_namespace", b"result_namespace", "result_summary", b"result_summary", "run_id", b"run_id", "start_time", b"start_time", "status", b"status", "steps", b"steps", "tags", b"tags", "total_log_count", b"total_log_count", "update_time", b"update_time", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_active_artifact_namespace", b"_active_artifact_namespace", "_active_step_id", b"_active_step_id", "_result_namespace", b"_result_namespace", "_workflow_name", b"_workflow_name", "active_artifact_namespace", b"active_artifact_namespace", "active_step_id", b"active_step_id", "cancel_reason", b"cancel_reason", "cancel_requested", b"cancel_requested", "compensation", b"compensation", "compensations", b"compensations", "create_time", b"create_time", "deadline_time", b"deadline_time", "duration", b"duration", "error", b"error", "finish_time", b"finish_time", "idempotency_key", b"idempotency_key", "last_seq", b"last_seq", "log_tail", b"log_tail", "logs_truncated", b"logs_truncated", "metadata", b"metadata", "open_waitpoints", b"open_waitpoints", "ordered_step_ids", b"ordered_step_ids", "parent_run_id", b"parent_run_id", "result", b"result", "result_namespace", b"result_namespace", "result_summary", b"result_summary", "run_id", b"run_id", "running_step_ids", b"running_step_ids", "start_time", b"start_time", "status", b"status", "steps", b"steps", "tags", b"tags", "total_log_count", b"total_log_count", "update_time", b"update_time", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__active_artifact_namespace: _TypeAlias = _typing.Literal["active_artifact_namespace"]  # noqa: Y015
     _WhichOneofArgType__active_artifact_namespace: _TypeAlias = _typing.Literal["_active_artifact_namespace", b"_active_artifact_namespace"]  # noqa: Y015
@@ -2002,6 +2008,7 @@ class StepSnapshot(_message.Message):
     WORKER_KIND_FIELD_NUMBER: _builtins.int
     CHECKPOINT_COUNT_FIELD_NUMBER: _builtins.int
     LAST_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_INDEX_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     """step_id identifies the step within the run."""
     label: _builtins.str
@@ -2018,6 +2025,8 @@ class StepSnapshot(_message.Message):
     """worker_kind is the worker kind a scheduled step runs on."""
     checkpoint_count: _builtins.int
     """checkpoint_count counts the step's checkpoints."""
+    first_seen_index: _builtins.int
+    """first_seen_index is the step's position in the run's ordered_step_ids, from 0."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """start_time is when the step first started."""
@@ -2064,10 +2073,11 @@ class StepSnapshot(_message.Message):
         worker_kind: _builtins.str = ...,
         checkpoint_count: _builtins.int = ...,
         last_checkpoint: Global___CheckpointRecorded | None = ...,
+        first_seen_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_artifact_namespace", b"_artifact_namespace", "_kind", b"_kind", "_label", b"_label", "artifact_namespace", b"artifact_namespace", "completion_time", b"completion_time", "error", b"error", "kind", b"kind", "label", b"label", "last_checkpoint", b"last_checkpoint", "next_attempt_time", b"next_attempt_time", "progress", b"progress", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_artifact_namespace", b"_artifact_namespace", "_kind", b"_kind", "_label", b"_label", "artifact_namespace", b"artifact_namespace", "attempt", b"attempt", "checkpoint_count", b"checkpoint_count", "completion_time", b"completion_time", "error", b"error", "kind", b"kind", "label", b"label", "last_checkpoint", b"last_checkpoint", "next_attempt_time", b"next_attempt_time", "progress", b"progress", "start_time", b"start_time", "status", b"status", "step_id", b"step_id", "update_time", b"update_time", "worker_kind", b"worker_kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_artifact_namespace", b"_artifact_namespace", "_kind", b"_kind", "_label", b"_label", "artifact_namespace", b"artifact_namespace", "attempt", b"attempt", "checkpoint_count", b"checkpoint_count", "completion_time", b"completion_time", "error", b"error", "first_seen_index", b"first_seen_index", "kind", b"kind", "label", b"label", "last_checkpoint", b"last_checkpoint", "next_attempt_time", b"next_attempt_time", "progress", b"progress", "start_time", b"start_time", "status", b"status", "step_id", b"step_id", "update_time", b"update_time", "worker_kind", b"worker_kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__artifact_namespace: _TypeAlias = _typing.Literal["artifact_namespace"]  # noqa: Y015
     _WhichOneofArgType__artifact_namespace: _TypeAlias = _typing.Literal["_artifact_namespace", b"_artifact_namespace"]  # noqa: Y015

@@ -212,11 +212,35 @@ def _step(
     existing = snap.steps.get(step_id)
     if existing is not None:
         return existing, existing.status
-    snap.ordered_step_ids.append(step_id)
     step = snap.steps[step_id]
     step.step_id = step_id
-    step.status = status
+    step.first_seen_index = len(snap.ordered_step_ids)
+    snap.ordered_step_ids.append(step_id)
+    _set_status(snap, step, status)
     return step, None
+
+
+def _set_status(
+    snap: pb.RunSnapshot, step: pb.StepSnapshot, status: pb.StepStatus.ValueType
+) -> None:
+    """Set a step's status, keeping ``running_step_ids`` in first-seen order.
+
+    The reference finds the active step by scanning every step on each
+    completion; keeping the running ones apart makes that O(running), not
+    O(steps), which matters for runs with thousands of steps.
+    """
+    was_running = step.status == pb.STEP_STATUS_RUNNING
+    step.status = status
+    if was_running == (status == pb.STEP_STATUS_RUNNING):
+        return
+    running = snap.running_step_ids
+    if was_running:
+        running.remove(step.step_id)
+        return
+    pos = len(running)
+    while pos > 0 and snap.steps[running[pos - 1]].first_seen_index > step.first_seen_index:
+        pos -= 1
+    running.insert(pos, step.step_id)
 
 
 def _copy_label_kind(
@@ -337,7 +361,7 @@ def _on_step_scheduled(snap: pb.RunSnapshot, event: pb.LedgerEvent, occurred: in
     e = event.step_scheduled
     step, before = _step(snap, e.step_id, pb.STEP_STATUS_SCHEDULED)
     if before in (pb.STEP_STATUS_RETRYING, pb.STEP_STATUS_SCHEDULED):
-        step.status = pb.STEP_STATUS_SCHEDULED
+        _set_status(snap, step, pb.STEP_STATUS_SCHEDULED)
     if e.worker_kind:
         step.worker_kind = e.worker_kind
     if e.attempt > 0:
@@ -350,7 +374,7 @@ def _on_step_started(snap: pb.RunSnapshot, event: pb.LedgerEvent, occurred: int)
     step, before = _step(snap, e.step_id, pb.STEP_STATUS_RUNNING)
     _copy_label_kind(step, e)
     if before not in (pb.STEP_STATUS_FAILED, pb.STEP_STATUS_COMPLETED):
-        step.status = pb.STEP_STATUS_RUNNING
+        _set_status(snap, step, pb.STEP_STATUS_RUNNING)
     if e.HasField("artifact_namespace"):
         step.artifact_namespace = e.artifact_namespace
     _set_time_if_unset(step, "start_time", occurred)
@@ -418,7 +442,7 @@ def _on_step_progress(snap: pb.RunSnapshot, event: pb.LedgerEvent, occurred: int
 
     step, _ = _step(snap, e.step_id, status)
     _copy_label_kind(step, e)
-    step.status = status
+    _set_status(snap, step, status)
     if progress.HasField("artifact_namespace"):
         step.artifact_namespace = progress.artifact_namespace
     if not step.HasField("start_time") and incoming.HasField("start_time"):
@@ -460,19 +484,15 @@ def _finish_step(
 
     step, _ = _step(snap, step_id, status)
     _copy_label_kind(step, event)
-    step.status = status
+    _set_status(snap, step, status)
     if event.HasField("artifact_namespace"):
         step.artifact_namespace = event.artifact_namespace
     if not (status == pb.STEP_STATUS_SKIPPED or preserve_failed or retrying):
         set_nanos(step.completion_time, occurred)
     set_nanos(step.update_time, occurred)
 
-    # The active step is the last step, other than this one, still running.
-    active: str | None = None
-    for other in reversed(snap.ordered_step_ids):
-        if other != step_id and snap.steps[other].status == pb.STEP_STATUS_RUNNING:
-            active = other
-            break
+    # The active step is the last step still running; this one no longer is.
+    active = snap.running_step_ids[-1] if snap.running_step_ids else None
     _set_active(snap, active, snap.steps[active] if active is not None else None)
     return step
 
