@@ -7,7 +7,17 @@ import importlib
 import pytest
 
 PUBLIC = {
-    "ledgerflow.errors": ["InvalidEventError", "LedgerflowError"],
+    "ledgerflow.errors": [
+        "STATUS_CODE_NAMES",
+        "CoordinatorUnavailableError",
+        "FailedPreconditionError",
+        "InvalidArgumentError",
+        "InvalidEventError",
+        "LedgerflowError",
+        "PayloadTooLargeError",
+        "RunAlreadyExistsError",
+        "RunNotFoundError",
+    ],
     "ledgerflow.cli": ["main"],
     "ledgerflow.ledger": [
         "BLANK_LINE_PLACEHOLDER",
