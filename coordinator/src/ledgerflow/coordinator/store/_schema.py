@@ -1,0 +1,130 @@
+"""The coordinator's tables: one SQLAlchemy Core schema for Postgres and SQLite.
+
+Every table's key starts with ``run_id``, so the schema shards by run (Citus)
+without change. Times are integer nanoseconds since the epoch: exact, the same
+on both dialects (SQLite has no timezone-aware timestamp), and what the protos
+carry. Protos are stored serialized (deterministic serialization), so the
+stored bytes of a snapshot can be compared with a fresh re-reduction.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    Table,
+    Text,
+    text,
+)
+
+# Postgres BIGSERIAL-style ids are never used as sequences (identities leave gaps);
+# every ordering column below is assigned by the appending transaction.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("workflow_name", Text, nullable=False),
+    # The snapshot's RunStatus, copied out for filtering; always equals snapshot.status.
+    Column("status", SmallInteger, nullable=False),
+    # Nanoseconds since the epoch of the run_created event.
+    Column("create_time", BigInteger, nullable=False),
+    # The snapshot's update_time (latest event time), for listing and WatchRuns.
+    Column("update_time", BigInteger, nullable=False),
+    # The highest seq in this run's ledger; 0 before the first event. Read and written
+    # only under the run's row lock, which is what keeps seqs gapless and unique.
+    Column("last_seq", BigInteger, nullable=False),
+    # Unique among runs that have one (partial unique index below).
+    Column("idempotency_key", Text, nullable=True),
+    Column("parent_run_id", Text, nullable=True),
+    # Serialized RunSnapshot reflecting events 1..last_seq; a cache that a re-reduction
+    # of the events must reproduce byte for byte (`ledgerflow admin verify`).
+    Column("snapshot", LargeBinary, nullable=False),
+    # Serialized JournalSlice reflecting events 1..last_seq; same invariant.
+    Column("journal", LargeBinary, nullable=False),
+    # Log retention counters (ledgerflow.ledger.RunLogState): the last line seq handed
+    # out, the stored lines and bytes, and whether the retention cap was crossed.
+    Column("log_last_seq", BigInteger, nullable=False, server_default=text("0")),
+    Column("log_stored_lines", BigInteger, nullable=False, server_default=text("0")),
+    Column("log_stored_bytes", BigInteger, nullable=False, server_default=text("0")),
+    Column("log_truncated", Boolean, nullable=False, server_default=text("false")),
+    PrimaryKeyConstraint("run_id"),
+)
+Index(
+    "ix_runs_idempotency_key",
+    runs.c.idempotency_key,
+    unique=True,
+    postgresql_where=runs.c.idempotency_key.isnot(None),
+    sqlite_where=runs.c.idempotency_key.isnot(None),
+)
+# ListRuns pages newest first by (create_time, run_id).
+Index("ix_runs_create_time_run_id", runs.c.create_time, runs.c.run_id)
+Index("ix_runs_status_create_time", runs.c.status, runs.c.create_time)
+
+events = Table(
+    "events",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    # Gapless per run, starting at 1; assigned inside the appending transaction.
+    Column("seq", BigInteger, nullable=False),
+    # The payload's oneof case (e.g. "step_started"), for filtering without parsing.
+    Column("event_type", Text, nullable=False),
+    Column("event_time", BigInteger, nullable=False),
+    # The serialized LedgerEvent, seq included.
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("run_id", "seq"),
+)
+
+log_lines = Table(
+    "log_lines",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    # The line's absolute per-run position from 1; gaps only where bodies were dropped
+    # past the retention cap (those lines are counted, not stored).
+    Column("seq", BigInteger, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("time", BigInteger, nullable=False),
+    # True for lines ingestion wrote (gap and truncation notices).
+    Column("marker", Boolean, nullable=False),
+    PrimaryKeyConstraint("run_id", "seq"),
+)
+
+log_cursors = Table(
+    "log_cursors",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    # How many of the channel's lines have been ingested: the next positional batch
+    # is expected at this offset. Only grows.
+    Column("next_offset", BigInteger, nullable=False),
+    PrimaryKeyConstraint("run_id", "channel"),
+)
+
+request_ids = Table(
+    "request_ids",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    # A producer's idempotency id: an AppendEvents batch_id, a SignalRun request_id
+    # (prefixed by kind so the namespaces cannot collide).
+    Column("request_id", Text, nullable=False),
+    # The seqs the first request with this id appended to this run.
+    Column("first_seq", BigInteger, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("run_id", "request_id"),
+)
+
+__all__ = ["events", "log_cursors", "log_lines", "metadata", "request_ids", "runs"]
