@@ -12,8 +12,10 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ledgerflow.cli import _ledger
+from ledgerflow.cli import _ledger, _run
 from ledgerflow.cli._common import EXIT_USAGE, CommandError
+from ledgerflow.coordinator import _cli as _coordinator_cli
+from ledgerflow.coordinator import _cli_server
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _ledger.register(commands)
+    _coordinator_cli.register(commands)
+    _cli_server.register(commands)
+    _run.register(commands)
     return parser
 
 

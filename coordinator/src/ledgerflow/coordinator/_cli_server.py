@@ -1,0 +1,180 @@
+"""``ledgerflow server`` and ``ledgerflow admin ...``.
+
+Like ``_cli``, this module is imported on every ``ledgerflow`` invocation, so the
+coordinator's dependencies load only inside the handlers.
+
+Configuration: every flag has a ``LEDGERFLOW_*`` environment variable; a flag
+given on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from ledgerflow.cli._common import CommandError
+
+_ENV = {
+    "listen": "LEDGERFLOW_LISTEN",
+    "database_url": "LEDGERFLOW_DATABASE_URL",
+    "max_payload_bytes": "LEDGERFLOW_MAX_PAYLOAD_BYTES",
+    "log_max_lines": "LEDGERFLOW_LOG_MAX_LINES",
+    "log_max_bytes": "LEDGERFLOW_LOG_MAX_BYTES",
+    "page_token_secret": "LEDGERFLOW_PAGE_TOKEN_SECRET",
+    "shutdown_grace": "LEDGERFLOW_SHUTDOWN_GRACE",
+}
+
+
+def register(commands: Any) -> None:
+    """Add ``server`` and ``admin`` to the top-level subcommands."""
+    server = commands.add_parser(
+        "server",
+        help="run the coordinator",
+        description=(
+            "Run the ledgerflow coordinator: the gRPC API, with grpc.health.v1 and server "
+            "reflection. With no database URL it uses the embedded SQLite file ./ledgerflow.db. "
+            "SIGTERM or SIGINT shuts it down gracefully."
+        ),
+    )
+    server.add_argument(
+        "--listen", metavar="HOST:PORT", help=f"default: ${_ENV['listen']}, else 127.0.0.1:7170"
+    )
+    _database_flag(server)
+    server.add_argument(
+        "--max-payload-bytes",
+        type=int,
+        metavar="N",
+        help="largest payload accepted (default 2 MiB)",
+    )
+    server.add_argument(
+        "--log-max-lines", type=int, metavar="N", help="log lines stored per run (default 25000)"
+    )
+    server.add_argument(
+        "--log-max-bytes", type=int, metavar="N", help="log bytes stored per run (default 5 MB)"
+    )
+    server.add_argument(
+        "--page-token-secret",
+        metavar="SECRET",
+        help="HMAC key for page tokens; share it between replicas",
+    )
+    server.add_argument(
+        "--shutdown-grace",
+        type=float,
+        metavar="SECONDS",
+        help="time in-flight calls get on shutdown (default 10)",
+    )
+    server.set_defaults(handler=_server)
+
+    admin = commands.add_parser("admin", help="operator tools")
+    sub = admin.add_subparsers(dest="admin_command", required=True)
+    verify = sub.add_parser(
+        "verify",
+        help="re-reduce stored ledgers and report snapshots or journals that differ",
+        description=(
+            "Snapshots and journals are caches of the ledger. Re-reduce each run's events and "
+            "compare. Exit 0 when everything matches, 1 when something differs."
+        ),
+    )
+    verify.add_argument(
+        "--run", action="append", metavar="ID", help="check only this run (repeatable)"
+    )
+    _database_flag(verify)
+    verify.set_defaults(handler=_verify)
+
+
+def _database_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help=(
+            f"postgresql://... or sqlite:///path "
+            f"(default: ${_ENV['database_url']}, else ./ledgerflow.db)"
+        ),
+    )
+
+
+def _setting(args: argparse.Namespace, name: str) -> str | None:
+    value = getattr(args, name)
+    if value is not None:
+        return str(value)
+    return os.environ.get(_ENV[name]) or None
+
+
+def _positive(args: argparse.Namespace, name: str, default: float) -> float:
+    raw = _setting(args, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        flag = "--" + name.replace("_", "-")
+        raise CommandError(f"{flag} (or ${_ENV[name]}) must be a positive number, got {raw!r}")
+    return value
+
+
+def _server(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ledgerflow.coordinator._server import DEFAULT_LISTEN, ServerConfig, serve
+    from ledgerflow.coordinator.api import Limits
+    from ledgerflow.ledger import LogRetention
+
+    listen = _setting(args, "listen") or DEFAULT_LISTEN
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise CommandError(f"--listen must be HOST:PORT, got {listen!r}")
+    defaults = Limits()
+    retention = LogRetention()
+    secret = _setting(args, "page_token_secret")
+    config = ServerConfig(
+        listen=listen,
+        database_url=_setting(args, "database_url"),
+        limits=Limits(
+            max_payload_bytes=int(_positive(args, "max_payload_bytes", defaults.max_payload_bytes))
+        ),
+        retention=LogRetention(
+            max_lines=int(_positive(args, "log_max_lines", retention.max_lines)),
+            max_bytes=int(_positive(args, "log_max_bytes", retention.max_bytes)),
+        ),
+        shutdown_grace=_positive(args, "shutdown_grace", 10.0),
+        **({"page_token_secret": secret.encode()} if secret else {}),
+    )
+    try:
+        asyncio.run(serve(config))
+    except ValueError as err:  # a malformed database URL
+        raise CommandError(str(err)) from err
+    except OSError as err:
+        raise CommandError(f"cannot start the coordinator: {err}") from err
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ledgerflow.coordinator.store import create_engine, verify
+
+    try:
+        engine = create_engine(_setting(args, "database_url"))
+    except ValueError as err:
+        raise CommandError(str(err)) from err
+
+    async def run() -> tuple[int, list[Any]]:
+        try:
+            return await verify(engine, args.run)
+        finally:
+            await engine.dispose()
+
+    try:
+        checked, found = asyncio.run(run())
+    except OSError as err:
+        raise CommandError(f"cannot read the database: {err}") from err
+    for mismatch in found:
+        sys.stdout.write(f"{mismatch.run_id}: {mismatch.what} {mismatch.detail}\n")
+    noun = "run" if checked == 1 else "runs"
+    verdict = "no differences" if not found else f"{len(found)} difference(s)"
+    sys.stdout.write(f"{checked} {noun} checked, {verdict}\n")
+    return 1 if found else 0

@@ -1,0 +1,149 @@
+"""The coordinator process: database, store, fan-out and gRPC server, started and stopped as one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ledgerflow.coordinator.api import Limits, PageTokens, RunService
+from ledgerflow.coordinator.fanout import Hub, PostgresListener, asyncpg_dsn
+from ledgerflow.coordinator.store import Store, create_engine, upgrade
+from ledgerflow.ledger import LogRetention
+from ledgerflow.v1 import run_service_pb2, run_service_pb2_grpc
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:7170"
+"""Where the coordinator listens unless told otherwise."""
+
+# A fixed default keeps page tokens valid across restarts and replicas of a
+# default deployment; the signature still rejects edited or corrupted tokens.
+_DEFAULT_TOKEN_SECRET = b"ledgerflow page tokens v1"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything a coordinator process is configured with.
+
+    Attributes:
+        listen: ``HOST:PORT`` to serve gRPC on (port 0 picks a free one).
+        database_url: SQLAlchemy URL; None for the embedded SQLite file ``./ledgerflow.db``.
+        limits: Request limits.
+        retention: Per-run log retention.
+        page_token_secret: HMAC key for ListRuns page tokens; share it between replicas.
+        shutdown_grace: Seconds in-flight RPCs get to finish on shutdown.
+    """
+
+    listen: str = DEFAULT_LISTEN
+    database_url: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    retention: LogRetention = field(default_factory=LogRetention)
+    page_token_secret: bytes = _DEFAULT_TOKEN_SECRET
+    shutdown_grace: float = 10.0
+
+
+class Coordinator:
+    """A running coordinator: :meth:`start`, then :meth:`stop`."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        """Create the coordinator (nothing starts until :meth:`start`)."""
+        self.config = config
+        self.port = 0
+        self.hub = Hub()
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._listener: PostgresListener | None = None
+        self.store: Store | None = None
+
+    async def start(self) -> None:
+        """Migrate the database, start the writer and fan-out, then serve."""
+        engine = create_engine(self.config.database_url)
+        await upgrade(engine)
+        hub = self.hub
+
+        def publish(touched: object) -> None:
+            for t in touched:  # type: ignore[attr-defined]
+                hub.publish(t.snapshot)
+
+        self.store = Store(engine, retention=self.config.retention, on_commit=publish)
+        await self.store.start()
+        if engine.dialect.name == "postgresql":
+            self._listener = PostgresListener(
+                asyncpg_dsn(engine.url.render_as_string(hide_password=False)), self.store, hub
+            )
+            await self._listener.start()
+
+        limits = self.config.limits
+        # Leave room above the payload limit for the request around it; the servicer
+        # refuses oversized payloads itself with a message naming the field.
+        max_message = max(limits.max_payload_bytes * 4, 16 * 1024 * 1024)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message),
+                ("grpc.max_send_message_length", max_message),
+            ]
+        )
+        run_service_pb2_grpc.add_RunServiceServicer_to_server(
+            RunService(self.store, hub, PageTokens(self.config.page_token_secret), limits), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        services = (
+            run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(services, server)
+        self.port = server.add_insecure_port(self.config.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        await server.start()
+        self._server = server
+        for name in ("", *services[:1]):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self) -> None:
+        """Stop accepting RPCs, end streams cleanly, finish in-flight writes, close the database."""
+        for name in ("", run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Streams end first (their handlers return), so the grace period is spent on
+        # unary calls still writing, not on watchers that would never finish.
+        self.hub.close()
+        if self._server is not None:
+            await self._server.stop(self.config.shutdown_grace)
+            self._server = None
+        if self._listener is not None:
+            await self._listener.close()
+        if self.store is not None:
+            await self.store.close()
+            await self.store.engine.dispose()
+
+
+async def serve(config: ServerConfig, *, ready: asyncio.Event | None = None) -> None:
+    """Run a coordinator until SIGTERM or SIGINT, then shut it down gracefully.
+
+    Args:
+        config: The configuration.
+        ready: Set once the server accepts RPCs.
+    """
+    coordinator = Coordinator(config)
+    await coordinator.start()
+    host = config.listen.rsplit(":", 1)[0]
+    print(f"ledgerflow coordinator listening on {host}:{coordinator.port}", flush=True)  # noqa: T201
+    if ready is not None:
+        ready.set()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await coordinator.stop()
