@@ -1,0 +1,485 @@
+"""``ledgerflow run ...``: inspect and control runs on a running coordinator.
+
+Every command takes ``--address HOST:PORT`` (env ``LEDGERFLOW_ADDRESS``, default
+``127.0.0.1:7170``) and ``--json`` (one JSON object per line, proto messages in proto
+JSON). Exit status: 0 done, 1 the coordinator refused or could not be reached (one line
+``ledgerflow: <message>``), 2 bad input, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ledgerflow.client import SyncClient
+from ledgerflow.errors import LedgerflowError, RunNotFoundError
+from ledgerflow.ledger import is_terminal, payload_value
+from ledgerflow.v1 import common_pb2, ledger_pb2
+
+DEFAULT_ADDRESS = "127.0.0.1:7170"
+"""Where the coordinator listens unless ``--address`` or ``LEDGERFLOW_ADDRESS`` say otherwise."""
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds to wait for the coordinator: a refused connection fails at once, a silent one here."""
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+_STATUS_CHOICES = [
+    _value.name.removeprefix("RUN_STATUS_").lower()
+    for _value in ledger_pb2.RunStatus.DESCRIPTOR.values
+    if _value.number != ledger_pb2.RUN_STATUS_UNSPECIFIED
+]
+
+_EVENT_SUBJECT_FIELDS = ("step_id", "waitpoint_id", "name")
+
+_Body = Callable[[SyncClient, argparse.Namespace], None]
+
+
+def register(commands: Any) -> None:
+    """Add the ``run`` command group to the top-level subcommands."""
+    run = commands.add_parser(
+        "run",
+        help="inspect and control runs on a coordinator",
+        description="Inspect and control runs on a running coordinator.",
+    )
+    sub = run.add_subparsers(dest="run_command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        default=os.environ.get("LEDGERFLOW_ADDRESS") or DEFAULT_ADDRESS,
+        help="the coordinator (env LEDGERFLOW_ADDRESS; default %(default)s)",
+    )
+    common.add_argument(
+        "--json", action="store_true", help="print one JSON object per line (proto JSON)"
+    )
+
+    cmd = sub.add_parser("list", parents=[common], help="list runs, newest first")
+    cmd.add_argument(
+        "--status",
+        action="append",
+        default=[],
+        choices=_STATUS_CHOICES,
+        help="keep runs in this status (repeatable)",
+    )
+    cmd.add_argument("--workflow", default="", help="keep runs of this workflow")
+    cmd.add_argument(
+        "--created-after",
+        type=_aware_datetime,
+        metavar="TIME",
+        help="keep runs created at or after this ISO 8601 time (UTC unless it has an offset)",
+    )
+    cmd.add_argument(
+        "--created-before",
+        type=_aware_datetime,
+        metavar="TIME",
+        help="keep runs created before this ISO 8601 time (UTC unless it has an offset)",
+    )
+    cmd.add_argument(
+        "--limit",
+        type=_non_negative_int,
+        default=50,
+        metavar="N",
+        help="print at most N runs; 0 prints all (default %(default)s)",
+    )
+    cmd.set_defaults(handler=_connected(_list))
+
+    cmd = sub.add_parser("show", parents=[common], help="show a run: status, steps, log tail")
+    cmd.add_argument("run_id", metavar="RUN_ID")
+    cmd.add_argument(
+        "--log-lines",
+        type=_non_negative_int,
+        default=10,
+        metavar="N",
+        help="show the last N lines of the log tail (default %(default)s)",
+    )
+    cmd.set_defaults(handler=_connected(_show))
+
+    cmd = sub.add_parser("events", parents=[common], help="print a run's ledger events")
+    cmd.add_argument("run_id", metavar="RUN_ID")
+    cmd.add_argument(
+        "--after",
+        type=_non_negative_int,
+        default=0,
+        metavar="SEQ",
+        help="start after this seq (default: from the first event)",
+    )
+    cmd.set_defaults(handler=_connected(_events))
+
+    cmd = sub.add_parser("logs", parents=[common], help="print a run's log lines")
+    cmd.add_argument("run_id", metavar="RUN_ID")
+    cmd.add_argument(
+        "--from",
+        dest="from_seq",
+        type=_non_negative_int,
+        default=0,
+        metavar="SEQ",
+        help="start at this line seq (default: the first line)",
+    )
+    cmd.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new lines until the run ends"
+    )
+    cmd.set_defaults(handler=_connected(_logs))
+
+    cmd = sub.add_parser("cancel", parents=[common], help="ask for a run to be cancelled")
+    cmd.add_argument("run_id", metavar="RUN_ID")
+    cmd.add_argument("--reason", default="", help="recorded in the ledger")
+    cmd.add_argument("--identity", default="", help="who asks (default: user@host)")
+    cmd.set_defaults(handler=_connected(_cancel))
+
+    cmd = sub.add_parser("signal", parents=[common], help="send a signal to a run")
+    cmd.add_argument("run_id", metavar="RUN_ID")
+    cmd.add_argument("name", metavar="NAME", help="the signal's name")
+    cmd.add_argument(
+        "--payload",
+        type=_json_value,
+        default=None,
+        metavar="JSON",
+        help="the signal's body, a JSON value (default: null)",
+    )
+    cmd.add_argument("--request-id", default="", help="deduplicates a retried send")
+    cmd.add_argument("--identity", default="", help="who sends (default: user@host)")
+    cmd.set_defaults(handler=_connected(_signal))
+
+    cmd = sub.add_parser(
+        "watch",
+        parents=[common],
+        help="follow a run's status until it ends",
+        description=(
+            "Print a line whenever the run's status or active step changes (with --json: "
+            "every snapshot), until the run ends."
+        ),
+    )
+    cmd.add_argument("run_id", metavar="RUN_ID")
+    cmd.add_argument(
+        "--after",
+        type=_non_negative_int,
+        default=0,
+        metavar="SEQ",
+        help="resume: skip the first snapshot unless the run changed after this seq",
+    )
+    cmd.set_defaults(handler=_connected(_watch))
+
+
+# --- argument types (argparse turns their errors into one usage line, exit 2) ----------
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _aware_datetime(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    # Every time the CLI prints is UTC, so a time typed without an offset is read as UTC too.
+    return value if value.utcoffset() is not None else value.replace(tzinfo=UTC)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_value(text: str) -> object:
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from None
+
+
+# --- running a command against the coordinator ------------------------------------------
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"ledgerflow: {message}\n")
+    return EXIT_ERROR
+
+
+def _connected(body: _Body) -> Callable[[argparse.Namespace], int]:
+    """Wrap a command body: connect, run it, turn ledgerflow errors into one line, exit 1."""
+
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            with SyncClient.connect(args.address, connect_timeout=CONNECT_TIMEOUT) as client:
+                body(client, args)
+                sys.stdout.flush()
+        except RunNotFoundError as err:
+            run_id = getattr(args, "run_id", None)
+            return _fail(f"run {run_id} not found" if run_id is not None else str(err))
+        except LedgerflowError as err:
+            return _fail(str(err))
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+        except BrokenPipeError:
+            # The reader went away (`| head`): stop quietly, and keep the interpreter's
+            # final flush of stdout from reporting the same broken pipe again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+    return handler
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
+def _json(message: Message, **extra: object) -> None:
+    obj: dict[str, object] = {**extra, **json_format.MessageToDict(message)}
+    _out(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+
+
+def _time(stamp: Timestamp, *, millis: bool = False) -> str:
+    if not stamp.seconds and not stamp.nanos:
+        return "-"
+    value = stamp.ToDatetime(tzinfo=UTC)
+    if millis:
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    return value.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _payload(payload: common_pb2.Payload, limit: int = 200) -> str:
+    try:
+        text = json.dumps(payload_value(payload), ensure_ascii=False, separators=(",", ":"))
+    except ValueError:
+        return f"<{len(payload.data)} bytes, {payload.encoding or 'no encoding'}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _error(error: common_pb2.ErrorInfo) -> str:
+    return f"{error.type}: {error.message}" if error.type else error.message
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    rows = [header, *rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        _out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _enum_name(enum: Any, value: int, prefix: str) -> str:
+    try:
+        name: str = enum.Name(value)
+    except ValueError:  # a value added to the protos after this CLI was built
+        return str(value)
+    return name.removeprefix(prefix).lower()
+
+
+def _status(status: int) -> str:
+    return _enum_name(ledger_pb2.RunStatus, status, "RUN_STATUS_")
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def _list(client: SyncClient, args: argparse.Namespace) -> None:
+    rows: list[list[str]] = []
+    token = ""
+    more = False
+    while True:
+        want = 1000 if args.limit == 0 else min(args.limit - len(rows), 1000)
+        page = client.list_runs(
+            statuses=args.status,
+            workflow_name=args.workflow,
+            created_after=args.created_after,
+            created_before=args.created_before,
+            page_size=want,
+            page_token=token,
+        )
+        for run in page.runs[:want]:
+            if args.json:
+                _json(run)
+            rows.append(
+                [
+                    run.run_id,
+                    run.workflow_name,
+                    _status(run.status),
+                    _time(run.create_time),
+                    _time(run.update_time),
+                ]
+            )
+        token = page.next_page_token
+        if not token:
+            break
+        if args.limit and len(rows) >= args.limit:
+            more = True
+            break
+    if args.json:
+        return
+    if not rows:
+        _out("no runs")
+        return
+    _table(["RUN ID", "WORKFLOW", "STATUS", "CREATED", "UPDATED"], rows)
+    if more:
+        sys.stderr.write(f"(first {args.limit} runs shown; --limit 0 shows all)\n")
+
+
+def _show(client: SyncClient, args: argparse.Namespace) -> None:
+    snap = client.get_run(args.run_id)
+    if args.json:
+        _json(snap)
+        return
+    fields: list[tuple[str, str]] = [
+        ("run", snap.run_id),
+        ("workflow", " ".join(filter(None, [snap.workflow_name, snap.workflow_version]))),
+        ("status", _status(snap.status)),
+        ("created", _time(snap.create_time)),
+        ("started", _time(snap.start_time)),
+        ("updated", _time(snap.update_time)),
+        ("finished", _time(snap.finish_time)),
+    ]
+    if snap.HasField("duration"):
+        fields.append(("duration", f"{snap.duration.ToTimedelta().total_seconds():.3f}s"))
+    if snap.tags:
+        fields.append(("tags", ", ".join(snap.tags)))
+    if snap.parent_run_id:
+        fields.append(("parent", snap.parent_run_id))
+    if snap.HasField("active_step_id"):
+        fields.append(("active step", snap.active_step_id))
+    fields.extend(
+        (
+            "waiting on",
+            f"{_enum_name(ledger_pb2.WaitpointKind, wp.kind, 'WAITPOINT_KIND_')} {wp.name}"
+            + (f" until {_time(wp.deadline_time)}" if wp.HasField("deadline_time") else ""),
+        )
+        for wp in snap.open_waitpoints
+    )
+    if snap.cancel_requested:
+        fields.append(("cancel", f"requested: {snap.cancel_reason or '(no reason)'}"))
+    if snap.HasField("error"):
+        fields.append(("error", _error(snap.error)))
+    if snap.HasField("result"):
+        fields.append(("result", _payload(snap.result)))
+    fields.append(("last seq", str(snap.last_seq)))
+    width = max(len(name) for name, _ in fields)
+    for name, value in fields:
+        _out(f"{name.ljust(width)}  {value}".rstrip())
+
+    if snap.ordered_step_ids:
+        _out(f"steps ({len(snap.ordered_step_ids)}):")
+        rows = []
+        for step_id in snap.ordered_step_ids:
+            step = snap.steps[step_id]
+            detail = []
+            if step.attempt > 1:
+                detail.append(f"attempt {step.attempt}")
+            progress = step.progress
+            if progress.HasField("total"):
+                detail.append(f"{progress.completed}/{progress.total}")
+            if step.HasField("error"):
+                detail.append(_error(step.error))
+            rows.append(
+                [
+                    "  " + step_id,
+                    _enum_name(ledger_pb2.StepStatus, step.status, "STEP_STATUS_"),
+                    "  ".join(detail),
+                ]
+            )
+        _table(["  STEP", "STATUS", ""], rows)
+    if args.log_lines and snap.log_tail:
+        tail = snap.log_tail[-args.log_lines :]
+        _out(f"logs (last {len(tail)} of {snap.total_log_count} lines):")
+        for line in tail:
+            _out("  " + line)
+
+
+def _events(client: SyncClient, args: argparse.Namespace) -> None:
+    for event in client.iter_events(args.run_id, args.after):
+        if args.json:
+            _json(event)
+            continue
+        kind = event.WhichOneof("payload")
+        parts = [str(event.seq), _time(event.event_time, millis=True), kind or "-"]
+        if kind is not None:
+            body = getattr(event, kind)
+            # The one field that says what the event is about, where its type has one.
+            parts.extend(
+                str(getattr(body, name))
+                for name in _EVENT_SUBJECT_FIELDS
+                if getattr(body, name, "")
+            )
+        _out(" ".join(parts))
+
+
+def _logs(client: SyncClient, args: argparse.Namespace) -> None:
+    for line in client.tail_logs(args.run_id, from_seq=args.from_seq, follow=args.follow):
+        if args.json:
+            _json(line)
+        else:
+            _out(f"{line.seq} {line.channel} {line.text}")
+        if args.follow:
+            # Followed lines arrive one by one; a pipe would otherwise hold them back.
+            sys.stdout.flush()
+
+
+def _cancel(client: SyncClient, args: argparse.Namespace) -> None:
+    response = client.cancel_run(args.run_id, reason=args.reason, identity=args.identity)
+    if args.json:
+        _json(response, runId=args.run_id)
+    elif response.already_requested:
+        _out(f"cancellation of run {args.run_id} was already requested (seq {response.seq})")
+    else:
+        _out(f"cancellation of run {args.run_id} requested (seq {response.seq})")
+
+
+def _signal(client: SyncClient, args: argparse.Namespace) -> None:
+    response = client.signal_run(
+        args.run_id,
+        args.name,
+        args.payload,
+        request_id=args.request_id,
+        identity=args.identity,
+    )
+    if args.json:
+        _json(response, runId=args.run_id, signalName=args.name)
+    elif response.duplicate:
+        _out(
+            f"signal {args.name} to run {args.run_id} was already sent "
+            f"with request id {args.request_id} (seq {response.seq})"
+        )
+    else:
+        _out(f"signal {args.name} sent to run {args.run_id} (seq {response.seq})")
+
+
+def _watch(client: SyncClient, args: argparse.Namespace) -> None:
+    shown: tuple[int, str] | None = None
+    snapshots = client.watch_run(args.run_id, after_seq=args.after)
+    try:
+        for snap in snapshots:
+            state = (snap.status, snap.active_step_id)
+            if args.json:
+                _json(snap)
+            elif state != shown:
+                line = f"{_time(snap.update_time)}  {_status(snap.status)}"
+                if snap.HasField("active_step_id"):
+                    line += f"  step {snap.active_step_id}"
+                if is_terminal(snap.status) and snap.HasField("error"):
+                    line += f"  {_error(snap.error)}"
+                _out(line)
+            shown = state
+            sys.stdout.flush()
+            # The coordinator ends the stream after the terminal snapshot; stopping here
+            # too keeps the command from hanging on one that does not.
+            if is_terminal(snap.status):
+                break
+    finally:
+        snapshots.close()

@@ -1,0 +1,501 @@
+"""The asyncio client: every RunService call, typed, over one ``grpc.aio`` channel."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+from grpc import aio
+
+from ledgerflow.client import _requests as rq
+from ledgerflow.client._errors import from_rpc_error, unavailable
+from ledgerflow.v1 import ledger_pb2, run_service_pb2, run_service_pb2_grpc
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_T = TypeVar("_T")
+
+
+class Client:
+    """An asyncio client of a ledgerflow coordinator.
+
+    Every method raises :mod:`ledgerflow.errors` types, never ``grpc.RpcError``:
+    ``InvalidArgumentError`` (with ``field`` split off when the coordinator names one),
+    ``RunNotFoundError``, ``RunAlreadyExistsError``, ``FailedPreconditionError``,
+    ``PayloadTooLargeError``, ``CoordinatorUnavailableError`` (unreachable, or no answer
+    within ``rpc_timeout``), and ``LedgerflowError`` for any other status.
+
+    Streaming and paging methods return async generators: a stream starts on first
+    iteration and is cancelled when the generator closes. To stop one early without
+    waiting for garbage collection, close it: ``async with aclosing(client.watch_run(id))
+    as snapshots:`` (:func:`contextlib.aclosing`).
+
+    Create one with ``await Client.connect(address)`` (checks the coordinator is reachable)
+    or ``Client(address)`` (connects on first use), inside the event loop that will use
+    it; close it with ``await client.close()`` or ``async with``.
+
+    Args:
+        address: The coordinator's ``host:port``.
+        credentials: TLS credentials; None for a plaintext channel.
+        options: Extra grpc channel options, e.g. ``("grpc.keepalive_time_ms", 30000)``.
+        identity: Who this client is, recorded with cancellations and signals;
+            empty means ``user@host``.
+        rpc_timeout: Seconds a unary call may take; None means no deadline. Streams
+            never have one.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        identity: str = "",
+        rpc_timeout: float | None = rq.DEFAULT_RPC_TIMEOUT,
+    ) -> None:
+        if credentials is None:
+            channel = aio.insecure_channel(address, options=list(options))
+        else:
+            channel = aio.secure_channel(address, credentials, options=list(options))
+        self._setup(channel, address, identity, rpc_timeout)
+
+    def _setup(
+        self, channel: aio.Channel, address: str, identity: str, rpc_timeout: float | None
+    ) -> None:
+        self._channel = channel
+        self._stub = run_service_pb2_grpc.RunServiceStub(channel)
+        self._address = address
+        self._identity = identity or rq.default_identity()
+        self._rpc_timeout = rpc_timeout
+
+    @classmethod
+    def from_channel(
+        cls,
+        channel: aio.Channel,
+        *,
+        address: str = "",
+        identity: str = "",
+        rpc_timeout: float | None = rq.DEFAULT_RPC_TIMEOUT,
+    ) -> Self:
+        """Wrap a channel built elsewhere (interceptors, custom credentials).
+
+        The client takes the channel over: closing the client closes it.
+
+        Args:
+            channel: An asyncio channel to the coordinator.
+            address: The address to name in errors.
+            identity: As for the constructor.
+            rpc_timeout: As for the constructor.
+
+        Returns:
+            The client.
+        """
+        client = cls.__new__(cls)
+        client._setup(channel, address or "<channel>", identity, rpc_timeout)
+        return client
+
+    @classmethod
+    async def connect(
+        cls,
+        address: str,
+        *,
+        connect_timeout: float | None = rq.DEFAULT_CONNECT_TIMEOUT,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        identity: str = "",
+        rpc_timeout: float | None = rq.DEFAULT_RPC_TIMEOUT,
+    ) -> Self:
+        """Connect to a coordinator and wait until the connection is up.
+
+        Args:
+            address: The coordinator's ``host:port``.
+            connect_timeout: Seconds to wait for the connection; None returns at once and
+                connects on first use.
+            credentials: As for the constructor.
+            options: As for the constructor.
+            identity: As for the constructor.
+            rpc_timeout: As for the constructor.
+
+        Returns:
+            The connected client.
+
+        Raises:
+            CoordinatorUnavailableError: If the connection failed or was not up in time.
+        """
+        client = cls(
+            address,
+            credentials=credentials,
+            options=options,
+            identity=identity,
+            rpc_timeout=rpc_timeout,
+        )
+        if connect_timeout is not None:
+            try:
+                await client._wait_ready(connect_timeout)
+            except BaseException:
+                await client.close()
+                raise
+        return client
+
+    async def _wait_ready(self, connect_timeout: float) -> None:
+        # A refused connection fails at once instead of waiting out the timeout: grpc
+        # would keep retrying with backoff, and a caller asking to connect wants to know.
+        try:
+            async with asyncio.timeout(connect_timeout):
+                state = self._channel.get_state(try_to_connect=True)
+                while state is not grpc.ChannelConnectivity.READY:
+                    if state in (
+                        grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                        grpc.ChannelConnectivity.SHUTDOWN,
+                    ):
+                        raise unavailable(self._address, "connection failed")
+                    await self._channel.wait_for_state_change(state)
+                    state = self._channel.get_state(try_to_connect=True)
+        except TimeoutError as err:
+            raise unavailable(self._address, f"no connection within {connect_timeout:g}s") from err
+
+    @property
+    def address(self) -> str:
+        """The coordinator's address."""
+        return self._address
+
+    @property
+    def identity(self) -> str:
+        """Who this client is, recorded with cancellations and signals."""
+        return self._identity
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"Client(address={self._address!r})"
+
+    async def _call(self, method: aio.UnaryUnaryMultiCallable[_Req, _Resp], request: _Req) -> _Resp:
+        try:
+            return await method(request, timeout=self._rpc_timeout)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err, self._address) from err
+
+    async def _stream(
+        self,
+        method: aio.UnaryStreamMultiCallable[_Req, _Resp],
+        request: _Req,
+        items: Callable[[_Resp], Iterable[_T]],
+    ) -> AsyncGenerator[_T, None]:
+        call = method(request)
+        try:
+            async for response in call:
+                for item in items(response):
+                    yield item
+        except grpc.RpcError as err:
+            raise from_rpc_error(err, self._address) from err
+        finally:
+            # Stops the server-side stream when the caller stops early (break, aclose).
+            call.cancel()
+
+    async def start_run(
+        self,
+        workflow_name: str,
+        input: object = None,
+        *,
+        run_id: str = "",
+        idempotency_key: str = "",
+        tags: Iterable[str] = (),
+        workflow_version: str = "",
+        execution_timeout: timedelta | None = None,
+    ) -> rq.StartRunResult:
+        """Start a run, or return the existing one for a repeated run id or idempotency key.
+
+        Args:
+            workflow_name: The registered workflow to run.
+            input: The workflow's input: any JSON value (``None`` is sent as null), or a
+                ``Payload`` already encoded.
+            run_id: A client-chosen run id; empty lets the coordinator choose.
+            idempotency_key: Makes retries return the first run started with it.
+            tags: Labels for the run.
+            workflow_version: Pins a workflow version; empty takes any.
+            execution_timeout: Bounds the run's whole life; None means no limit.
+
+        Returns:
+            The run's snapshot and whether this call created it.
+
+        Raises:
+            InvalidArgumentError: The input is not JSON-encodable, or the coordinator
+                refused a field.
+            RunAlreadyExistsError: ``run_id`` exists for another workflow.
+            PayloadTooLargeError: The input exceeds the coordinator's limit.
+        """
+        request = rq.start_run(
+            workflow_name,
+            input,
+            run_id=run_id,
+            idempotency_key=idempotency_key,
+            tags=tags,
+            workflow_version=workflow_version,
+            execution_timeout=execution_timeout,
+        )
+        return rq.start_run_result(await self._call(self._stub.StartRun, request))
+
+    async def get_run(self, run_id: str) -> ledger_pb2.RunSnapshot:
+        """Return a run's snapshot.
+
+        Raises:
+            RunNotFoundError: No run has that id.
+        """
+        return (await self._call(self._stub.GetRun, rq.get_run(run_id))).run
+
+    async def list_runs(
+        self,
+        *,
+        statuses: Iterable[rq.RunStatusLike] = (),
+        workflow_name: str = "",
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> rq.ListRunsPage:
+        """Return one page of runs, newest first.
+
+        Args:
+            statuses: Keep runs in any of these statuses (values, names or short names
+                like ``"running"``); empty keeps all.
+            workflow_name: Keep runs of this workflow; empty keeps all.
+            created_after: Keep runs created at or after this aware datetime.
+            created_before: Keep runs created before this aware datetime.
+            page_size: Runs per page; 0 lets the coordinator choose (50).
+            page_token: ``next_page_token`` of the previous page; empty starts over.
+
+        Returns:
+            The page.
+
+        Raises:
+            InvalidArgumentError: Unknown status, naive datetime, bad page token or size.
+        """
+        selected = rq.run_filter(statuses, workflow_name, created_after, created_before)
+        request = rq.list_runs(selected, page_size, page_token)
+        return rq.list_runs_page(await self._call(self._stub.ListRuns, request))
+
+    async def iter_runs(
+        self,
+        *,
+        statuses: Iterable[rq.RunStatusLike] = (),
+        workflow_name: str = "",
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> AsyncGenerator[run_service_pb2.RunSummary, None]:
+        """Iterate over every matching run, newest first, fetching pages as needed.
+
+        Takes the arguments of :meth:`list_runs`; ``page_token`` resumes a listing.
+        """
+        selected = rq.run_filter(statuses, workflow_name, created_after, created_before)
+        token: str | None = page_token
+        while token is not None:
+            request = rq.list_runs(selected, page_size, token)
+            page = rq.list_runs_page(await self._call(self._stub.ListRuns, request))
+            for run in page.runs:
+                yield run
+            token = rq.next_page_token(page, token)
+
+    async def get_events(
+        self, run_id: str, *, after_seq: int = 0, page_size: int = 0
+    ) -> rq.EventsPage:
+        """Return one page of a run's ledger.
+
+        Args:
+            run_id: The run to read.
+            after_seq: Return events with a greater seq; 0 starts at the first event.
+            page_size: Events per page; 0 lets the coordinator choose (100).
+
+        Returns:
+            The page; when ``has_more``, continue with ``after_seq`` = the last event's seq.
+
+        Raises:
+            RunNotFoundError: No run has that id.
+            InvalidArgumentError: A negative seq or a bad page size.
+        """
+        request = rq.get_events(run_id, after_seq, page_size)
+        return rq.events_page(await self._call(self._stub.GetEvents, request))
+
+    async def iter_events(
+        self, run_id: str, after_seq: int = 0, *, page_size: int = 0
+    ) -> AsyncGenerator[ledger_pb2.LedgerEvent, None]:
+        """Iterate over a run's ledger after ``after_seq``, fetching pages as needed.
+
+        Ends at the last event committed when its page was read; use :meth:`watch_run`
+        to follow a live run.
+        """
+        cursor: int | None = after_seq
+        while cursor is not None:
+            page = await self.get_events(run_id, after_seq=cursor, page_size=page_size)
+            for event in page.events:
+                yield event
+            cursor = rq.next_after_seq(page)
+
+    async def cancel_run(
+        self, run_id: str, reason: str = "", identity: str = ""
+    ) -> run_service_pb2.CancelRunResponse:
+        """Ask for a run to be cancelled; a repeated request is acknowledged, not repeated.
+
+        Args:
+            run_id: The run to cancel.
+            reason: Recorded in the ledger.
+            identity: Who asks; empty means this client's identity.
+
+        Returns:
+            The cancel_requested event's seq and whether it was already requested.
+
+        Raises:
+            RunNotFoundError: No run has that id.
+            FailedPreconditionError: The run has finished.
+        """
+        request = rq.cancel_run(run_id, reason, identity or self._identity)
+        return await self._call(self._stub.CancelRun, request)
+
+    async def signal_run(
+        self,
+        run_id: str,
+        name: str,
+        payload: object = None,
+        *,
+        request_id: str = "",
+        identity: str = "",
+    ) -> run_service_pb2.SignalRunResponse:
+        """Send a signal to a run.
+
+        Args:
+            run_id: The run to signal.
+            name: The signal's name.
+            payload: The signal's body: any JSON value, or a ``Payload`` already encoded.
+            request_id: Deduplicates retried sends; empty means no deduplication.
+            identity: Who sends; empty means this client's identity.
+
+        Returns:
+            The signal event's seq and whether ``request_id`` was already used.
+
+        Raises:
+            RunNotFoundError: No run has that id.
+            FailedPreconditionError: The run has finished.
+            PayloadTooLargeError: The payload exceeds the coordinator's limit.
+            InvalidArgumentError: The payload is not JSON-encodable, or a field was refused.
+        """
+        request = rq.signal_run(
+            run_id, name, payload, request_id=request_id, identity=identity or self._identity
+        )
+        return await self._call(self._stub.SignalRun, request)
+
+    def watch_run(
+        self, run_id: str, *, after_seq: int = 0
+    ) -> AsyncGenerator[ledger_pb2.RunSnapshot, None]:
+        """Stream a run's snapshot: the current one, then one per change.
+
+        A slow reader gets the latest snapshot, not every intermediate one. The stream
+        ends after the run's terminal snapshot.
+
+        Args:
+            run_id: The run to watch.
+            after_seq: Resume: skip the first snapshot unless the run changed after this
+                seq (pass the ``last_seq`` of the last snapshot seen).
+
+        Returns:
+            The snapshots; iterating raises ``RunNotFoundError`` for an unknown run.
+        """
+        request = rq.watch_run(run_id, after_seq)
+        return self._stream(self._stub.WatchRun, request, rq.watched_snapshots)
+
+    def watch_runs(
+        self,
+        *,
+        statuses: Iterable[rq.RunStatusLike] = (),
+        workflow_name: str = "",
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        include_existing: bool = False,
+    ) -> AsyncGenerator[run_service_pb2.RunSummary, None]:
+        """Stream changes to the runs matching a filter (the filter of :meth:`list_runs`).
+
+        Args:
+            statuses: As for :meth:`list_runs`.
+            workflow_name: As for :meth:`list_runs`.
+            created_after: As for :meth:`list_runs`.
+            created_before: As for :meth:`list_runs`.
+            include_existing: Send every matching run once before the changes.
+
+        Returns:
+            A run summary per change.
+        """
+        selected = rq.run_filter(statuses, workflow_name, created_after, created_before)
+        request = rq.watch_runs(selected, include_existing)
+        return self._stream(self._stub.WatchRuns, request, rq.watched_runs)
+
+    def tail_logs(
+        self, run_id: str, *, from_seq: int = 0, follow: bool = False
+    ) -> AsyncGenerator[ledger_pb2.LogLine, None]:
+        """Stream a run's stored log lines, one at a time.
+
+        Args:
+            run_id: The run whose logs to read.
+            from_seq: The first line seq to return; 0 means 1.
+            follow: Keep going with new lines until the run finishes.
+
+        Returns:
+            The lines in seq order; iterating raises ``RunNotFoundError`` for an unknown run.
+        """
+        request = rq.tail_logs(run_id, from_seq, follow)
+        return self._stream(self._stub.TailLogs, request, rq.tailed_lines)
+
+    async def append_events(
+        self, events: Iterable[ledger_pb2.LedgerEvent], *, batch_id: str = ""
+    ) -> run_service_pb2.AppendEventsResponse:
+        """Append producer events (possibly for many runs) in one transaction.
+
+        Args:
+            events: The events, in order, with seq 0.
+            batch_id: Makes a resend acknowledged without a second append; empty means
+                no deduplication.
+
+        Returns:
+            The seqs assigned per run, and whether the batch was a duplicate.
+
+        Raises:
+            InvalidArgumentError: An event is malformed (nothing was appended).
+            FailedPreconditionError: An event needs an unknown or finished run.
+            PayloadTooLargeError: The batch exceeds the coordinator's limit.
+        """
+        request = rq.append_events(events, batch_id)
+        return await self._call(self._stub.AppendEvents, request)
+
+    async def report_status(
+        self, patch: run_service_pb2.StatusPatch, *, batch_id: str = ""
+    ) -> run_service_pb2.ReportStatusResponse:
+        """Report a coarse status; the coordinator turns it into ledger events.
+
+        Args:
+            patch: The status report.
+            batch_id: Makes a resend acknowledged without a second append.
+
+        Returns:
+            The events derived from the patch, with their seqs.
+
+        Raises:
+            InvalidArgumentError: The patch is malformed.
+        """
+        request = rq.report_status(patch, batch_id)
+        return await self._call(self._stub.ReportStatus, request)
