@@ -167,11 +167,14 @@ async def run_one(label: str, database_url: str, args: argparse.Namespace) -> No
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    print(f"\n{label}")
+    print(f"\n{label}", flush=True)
     print(
         f"  AppendEvents, {args.clients} clients x {args.batch}-event batches: {rate:,.0f} events/s"
     )
-    print(f"  AppendEvents, {args.clients} clients x 1-event requests:  {single:,.0f} events/s")
+    print(
+        f"  AppendEvents, {args.clients} clients x 1-event requests:  {single:,.0f} events/s",
+        flush=True,
+    )
     print(
         f"  append -> watch: p50 {statistics.median(append_watch):.2f} ms, "
         f"p99 {pct(append_watch, 0.99):.2f} ms"
@@ -191,12 +194,16 @@ async def main() -> None:
     parser.add_argument("--batches", type=int, default=50)
     parser.add_argument("--latency-samples", type=int, default=500)
     args = parser.parse_args()
-    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cpus")
-    with tempfile.TemporaryDirectory() as tmp:
+    print(
+        f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cpus",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent.parent) as tmp:
         if args.db in ("sqlite", "both"):
             await run_one("SQLite (WAL, synchronous=FULL)", f"sqlite:///{tmp}/bench.db", args)
         if args.db in ("postgres", "both"):
-            cluster = PgCluster(find_bindir())
+            # On disk, not /dev/shm: with fsync on, a commit must reach the disk.
+            cluster = PgCluster(find_bindir(), parent=str(Path(__file__).resolve().parent.parent))
             cluster.init()
             try:
                 url = cluster.create_database("bench")

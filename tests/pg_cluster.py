@@ -86,11 +86,13 @@ class PgCluster:
 
     Args:
         bindir: Where ``initdb``, ``pg_ctl`` and ``psql`` are (see :func:`find_bindir`).
+        parent: The directory to create the cluster in; default memory-backed when possible
+            (benchmarks pass a disk directory so that fsync costs what it costs).
     """
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, parent: str | None = None) -> None:
         self.bindir = bindir
-        self.base = Path(tempfile.mkdtemp(prefix="ledgerflow-pg-", dir=_scratch_parent()))
+        self.base = Path(tempfile.mkdtemp(prefix="ledgerflow-pg-", dir=parent or _scratch_parent()))
         self.data_dir = self.base / "data"
         self.socket_dir = self.base / "sock"
         self.log_file = self.base / "postgres.log"

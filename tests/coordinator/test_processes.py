@@ -203,3 +203,74 @@ def test_admin_verify_command(db_url: str, what: str) -> None:
     )
     assert single.returncode == 0
     assert "1 run checked, no differences" in single.stdout
+
+
+async def test_kill_9_mid_append_loses_nothing_acknowledged_and_doubles_nothing(
+    db_url: str,
+) -> None:
+    """Clients append with batch ids; the coordinator is SIGKILLed mid-stream; clients resend.
+
+    Every acknowledged batch must survive, and resending every batch (as a client does
+    after an error) must leave each batch in the ledger exactly once, with gapless seqs.
+    """
+    from ledgerflow.coordinator.store import create_engine, verify
+
+    clients, batches, size = 4, 25, 5
+
+    def batch(n: int, i: int) -> rpb.AppendEventsRequest:
+        return rpb.AppendEventsRequest(
+            batch_id=f"{n}-{i}",
+            events=[ev("r", "log_appended", lines=[f"{n}-{i}-{k}"]) for k in range(size)],
+        )
+
+    acked: set[tuple[int, int]] = set()
+    with server(db_url) as (proc, address):
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = RunServiceStub(channel)
+            await stub.StartRun(rpb.StartRunRequest(workflow_name="wf", run_id="r"))
+            enough = asyncio.Event()
+
+            async def client(n: int) -> None:
+                for i in range(batches):
+                    try:
+                        await stub.AppendEvents(batch(n, i))
+                    except grpc.aio.AioRpcError:
+                        return  # the coordinator died under us
+                    acked.add((n, i))
+                    if len(acked) >= 30:
+                        enough.set()
+
+            tasks = [asyncio.create_task(client(n)) for n in range(clients)]
+            await enough.wait()
+            proc.kill()  # SIGKILL: no graceful anything
+            await asyncio.gather(*tasks)
+        proc.wait(timeout=30)
+    assert 30 <= len(acked) < clients * batches
+
+    with server(db_url) as (_, address):
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = RunServiceStub(channel)
+            for n in range(clients):
+                for i in range(batches):
+                    response = await stub.AppendEvents(batch(n, i))
+                    if (n, i) in acked:
+                        assert response.duplicate, f"acknowledged batch {n}-{i} was appended twice"
+            events: list[pb.LedgerEvent] = []
+            after = 0
+            while True:
+                page = await stub.GetEvents(
+                    rpb.GetEventsRequest(run_id="r", after_seq=after, page_size=1000)
+                )
+                events.extend(page.events)
+                if not page.has_more:
+                    break
+                after = page.events[-1].seq
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    lines = [e.log_appended.lines[0] for e in events if e.HasField("log_appended")]
+    expected = [f"{n}-{i}-{k}" for n in range(clients) for i in range(batches) for k in range(size)]
+    assert sorted(lines) == sorted(expected)  # each exactly once
+    engine = create_engine(db_url)
+    try:
+        assert await verify(engine) == (1, [])
+    finally:
+        await engine.dispose()

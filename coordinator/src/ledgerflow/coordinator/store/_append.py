@@ -116,7 +116,9 @@ async def _fold(
     ]
     row.log.cursors = await sql_events.load_cursors(conn, row.run_id, channels)
     appended: list[pb.LedgerEvent] = []
-    stored: list[tuple[list[StoredLine], int]] = []
+    # All of a batch's log lines go in one INSERT: a round trip per log event was the
+    # ingest bottleneck (bench/ingest.py).
+    stored: list[tuple[StoredLine, int]] = []
     for index, event in enumerate(events):
         case = event.WhichOneof("payload")
         if case in REFUSED_AFTER_TERMINAL and is_terminal(row.snapshot.status):
@@ -129,7 +131,8 @@ async def _fold(
             if result.event is None:
                 continue  # Everything in it was ingested before: a resend.
             out = result.event
-            stored.append((result.stored, to_nanos(event.event_time)))
+            time = to_nanos(event.event_time)
+            stored.extend((line, time) for line in result.stored)
         else:
             out = pb.LedgerEvent()
             out.CopyFrom(event)
@@ -139,8 +142,7 @@ async def _fold(
         apply_journal_event(row.journal, out)
         appended.append(out)
     await sql_events.insert_events(conn, appended)
-    for lines, time in stored:
-        await sql_events.insert_log_lines(conn, row.run_id, lines, time)
+    await sql_events.insert_log_lines(conn, row.run_id, stored)
     await sql_events.save_cursors(conn, row.run_id, row.log.cursors)
     return appended
 

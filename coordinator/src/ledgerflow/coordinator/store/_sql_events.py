@@ -76,22 +76,23 @@ async def save_cursors(conn: AsyncConnection, run_id: str, cursors: dict[str, in
     """Upsert a run's channel cursors (the caller holds the run's lock)."""
     if not cursors:
         return
+    # One cached statement run with many parameter sets: a multi-row VALUES clause
+    # would be compiled anew for every row count (it dominated the append profile).
     insert = insert_for(conn)
-    stmt = insert(log_cursors).values(
-        [{"run_id": run_id, "channel": c, "next_offset": o} for c, o in cursors.items()]
+    stmt = insert(log_cursors)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[log_cursors.c.run_id, log_cursors.c.channel],
+        set_={"next_offset": stmt.excluded.next_offset},
     )
     await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[log_cursors.c.run_id, log_cursors.c.channel],
-            set_={"next_offset": stmt.excluded.next_offset},
-        )
+        stmt, [{"run_id": run_id, "channel": c, "next_offset": o} for c, o in cursors.items()]
     )
 
 
 async def insert_log_lines(
-    conn: AsyncConnection, run_id: str, lines: Sequence[StoredLine], time: int
+    conn: AsyncConnection, run_id: str, lines: Sequence[tuple[StoredLine, int]]
 ) -> None:
-    """Insert stored log lines (one statement)."""
+    """Insert stored log lines, each with its time, in one statement."""
     if not lines:
         return
     await conn.execute(
@@ -105,7 +106,7 @@ async def insert_log_lines(
                 "time": time,
                 "marker": line.marker,
             }
-            for line in lines
+            for line, time in lines
         ],
     )
 

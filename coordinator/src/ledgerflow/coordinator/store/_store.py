@@ -52,6 +52,10 @@ NOTIFY_CHANNEL = "ledgerflow_runs"
 _Op = Callable[[AsyncConnection], Awaitable[ops.Outcome]]
 
 
+class _RefusedError(Exception):
+    """Rolls back a one-request transaction whose request was refused."""
+
+
 @dataclass(slots=True)
 class _Pending:
     op: _Op
@@ -88,6 +92,7 @@ class Store:
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._postgres = engine.dialect.name == "postgresql"
+        self._conn: AsyncConnection | None = None
 
     async def start(self) -> None:
         """Start the writer task."""
@@ -100,6 +105,9 @@ class Store:
             await self._queue.put(None)
             await self._writer
             self._writer = None
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
 
     # -- writes ------------------------------------------------------------
 
@@ -195,37 +203,62 @@ class Store:
             if stop:
                 return
 
-    async def _commit(self, group: list[_Pending]) -> None:
+    async def _writer_connection(self) -> AsyncConnection:
+        # The writer keeps one connection: checking one out of the pool (and pinging it)
+        # for every commit cost two round trips on the hot path.
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = await self.engine.connect()
+        return self._conn
+
+    async def _run_group(
+        self, conn: AsyncConnection, group: list[_Pending]
+    ) -> list[ops.Outcome | LedgerflowError]:
         results: list[ops.Outcome | LedgerflowError] = []
-        for attempt in range(3):
-            results = []
-            try:
-                async with self.engine.begin() as conn:
+        try:
+            async with conn.begin():
+                if len(group) == 1:
+                    # Alone in its transaction a request needs no savepoint: a refusal
+                    # rolls back the whole (one-request) transaction.
+                    try:
+                        results.append(await group[0].op(conn))
+                    except LedgerflowError as err:
+                        results.append(err)
+                        raise _RefusedError from err
+                else:
                     for pending in group:
                         try:
                             async with conn.begin_nested():
                                 results.append(await pending.op(conn))
                         except LedgerflowError as err:
                             results.append(err)
-                    if self._postgres:
-                        await self._notify(conn, results)
+                if self._postgres:
+                    await self._notify(conn, results)
+        except _RefusedError:
+            pass
+        return results
+
+    async def _commit(self, group: list[_Pending]) -> None:
+        results: list[ops.Outcome | LedgerflowError] = []
+        for attempt in range(3):
+            try:
+                conn = await self._writer_connection()
+                results = await self._run_group(conn, group)
                 break
             except DBAPIError as err:
+                if self._conn is not None:
+                    await self._conn.invalidate()
+                    self._conn = None
                 # A serialization failure or deadlock is retried as a whole; anything else
                 # (the database is down) fails the group: nothing was acknowledged.
                 retriable = getattr(err.orig, "sqlstate", None) in ("40001", "40P01")
                 if retriable and attempt < 2:
                     continue
                 _log.warning("commit failed: %s", err.__class__.__name__)
-                for pending in group:
-                    if not pending.future.done():
-                        pending.future.set_exception(err)
+                self._fail(group, err)
                 return
             except Exception as err:
                 _log.exception("commit failed")
-                for pending in group:
-                    if not pending.future.done():
-                        pending.future.set_exception(err)
+                self._fail(group, err)
                 return
         touched: list[ops.Touched] = []
         for pending, result in zip(group, results, strict=True):
@@ -238,6 +271,12 @@ class Store:
                     pending.future.set_result(result)
         if touched and self._on_commit is not None:
             self._on_commit(touched)
+
+    @staticmethod
+    def _fail(group: list[_Pending], err: BaseException) -> None:
+        for pending in group:
+            if not pending.future.done():
+                pending.future.set_exception(err)
 
     @staticmethod
     async def _notify(conn: AsyncConnection, results: list[ops.Outcome | LedgerflowError]) -> None:
