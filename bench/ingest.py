@@ -31,7 +31,8 @@ from pathlib import Path
 
 import grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 from tests.pg_cluster import PgCluster, find_bindir
 
@@ -161,27 +162,30 @@ async def run_one(label: str, database_url: str, args: argparse.Namespace) -> No
     """Benchmark one database and print its figures."""
     proc, address = start_server(database_url)
     try:
+        print(f"\n{label}", flush=True)
         rate = await throughput(address, args.clients, args.batch, args.batches)
+        print(
+            f"  AppendEvents, {args.clients} clients x {args.batch}-event batches: "
+            f"{rate:,.0f} events/s",
+            flush=True,
+        )
         single = await throughput(address, args.clients, 1, args.batches * 4)
+        print(
+            f"  AppendEvents, {args.clients} clients x 1-event requests:  {single:,.0f} events/s",
+            flush=True,
+        )
         append_watch, commit_watch = await watch_latency(address, args.latency_samples)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    print(f"\n{label}", flush=True)
-    print(
-        f"  AppendEvents, {args.clients} clients x {args.batch}-event batches: {rate:,.0f} events/s"
-    )
-    print(
-        f"  AppendEvents, {args.clients} clients x 1-event requests:  {single:,.0f} events/s",
-        flush=True,
-    )
     print(
         f"  append -> watch: p50 {statistics.median(append_watch):.2f} ms, "
         f"p99 {pct(append_watch, 0.99):.2f} ms"
     )
     print(
         f"  commit -> watch: p50 {statistics.median(commit_watch):.2f} ms, "
-        f"p99 {pct(commit_watch, 0.99):.2f} ms"
+        f"p99 {pct(commit_watch, 0.99):.2f} ms",
+        flush=True,
     )
 
 
@@ -198,12 +202,12 @@ async def main() -> None:
         f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cpus",
         flush=True,
     )
-    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=REPO) as tmp:
         if args.db in ("sqlite", "both"):
             await run_one("SQLite (WAL, synchronous=FULL)", f"sqlite:///{tmp}/bench.db", args)
         if args.db in ("postgres", "both"):
             # On disk, not /dev/shm: with fsync on, a commit must reach the disk.
-            cluster = PgCluster(find_bindir(), parent=str(Path(__file__).resolve().parent.parent))
+            cluster = PgCluster(find_bindir(), parent=str(REPO))
             cluster.init()
             try:
                 url = cluster.create_database("bench")

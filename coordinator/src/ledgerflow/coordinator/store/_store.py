@@ -246,7 +246,8 @@ class Store:
                 break
             except DBAPIError as err:
                 if self._conn is not None:
-                    await self._conn.invalidate()
+                    with contextlib.suppress(Exception):
+                        await self._conn.invalidate()
                     self._conn = None
                 # A serialization failure or deadlock is retried as a whole; anything else
                 # (the database is down) fails the group: nothing was acknowledged.
@@ -270,7 +271,12 @@ class Store:
                 if not pending.future.done():
                     pending.future.set_result(result)
         if touched and self._on_commit is not None:
-            self._on_commit(touched)
+            try:
+                self._on_commit(touched)
+            except Exception:
+                # Fan-out is best effort; the writes are committed and acknowledged, and a
+                # dead writer task would hang every later request.
+                _log.exception("on_commit callback failed")
 
     @staticmethod
     def _fail(group: list[_Pending], err: BaseException) -> None:
