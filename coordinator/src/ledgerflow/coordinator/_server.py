@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ledgerflow.coordinator.api import Limits, PageTokens, RunService
+from ledgerflow.coordinator.api import DomainErrorInterceptor, Limits, PageTokens, RunService
 from ledgerflow.coordinator.fanout import Hub, PostgresListener, asyncpg_dsn
 from ledgerflow.coordinator.store import Store, create_engine, upgrade
 from ledgerflow.ledger import LogRetention
@@ -84,10 +84,11 @@ class Coordinator:
         # refuses oversized payloads itself with a message naming the field.
         max_message = max(limits.max_payload_bytes * 4, 16 * 1024 * 1024)
         server = grpc.aio.server(
+            interceptors=[DomainErrorInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max_message),
-            ]
+            ],
         )
         run_service_pb2_grpc.add_RunServiceServicer_to_server(
             RunService(self.store, hub, PageTokens(self.config.page_token_secret), limits), server

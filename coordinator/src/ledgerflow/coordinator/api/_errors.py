@@ -1,6 +1,15 @@
-"""Domain errors → gRPC status codes: the only place the coordinator picks a code."""
+"""Domain errors → gRPC status codes: the only place the coordinator picks a code.
+
+Servicers raise :mod:`ledgerflow.errors` exceptions where a condition is found;
+:class:`DomainErrorInterceptor` aborts the call with the mapped status and the
+error's message (which names the offending field), for unary and streaming
+handlers alike. Anything else propagates and gRPC reports it as UNKNOWN.
+"""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 import grpc
 
@@ -14,3 +23,57 @@ def status_code_for(err: LedgerflowError) -> grpc.StatusCode:
         if name is not None:
             return grpc.StatusCode[name]
     return grpc.StatusCode.INTERNAL
+
+
+def _unary(inner: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def handler(request: Any, context: Any) -> Any:
+        try:
+            return await inner(request, context)
+        except LedgerflowError as err:
+            await context.abort(status_code_for(err), str(err))
+
+    return handler
+
+
+def _stream(
+    inner: Callable[[Any, Any], AsyncIterator[Any]],
+) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    async def handler(request: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            async for item in inner(request, context):
+                yield item
+        except LedgerflowError as err:
+            await context.abort(status_code_for(err), str(err))
+
+    return handler
+
+
+class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Aborts calls whose handler raised a LedgerflowError with the mapped status code."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        """Wrap unary-unary and unary-stream handlers; pass the others through."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                # grpc.aio servicers' stream methods are async generators; the
+                # stubs type the handler for the sync server.
+                _stream(cast(Callable[[Any, Any], AsyncIterator[Any]], handler.unary_stream)),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

@@ -1,8 +1,9 @@
 """RunService: the client API, implemented over the store and the hub.
 
 This is the gRPC edge: it validates requests (errors name the field), enforces
-the size limits, turns domain errors into status codes, and shapes responses.
-Nothing here touches SQL.
+the size limits and shapes responses. Handlers raise domain errors;
+:class:`DomainErrorInterceptor` turns them into status codes. Nothing here
+touches SQL.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from ledgerflow.coordinator.api._errors import status_code_for
 from ledgerflow.coordinator.api._tokens import PageTokens
 from ledgerflow.coordinator.fanout import Hub
 from ledgerflow.coordinator.store import RunFilter, StartRunSpec, Store
-from ledgerflow.errors import InvalidArgumentError, LedgerflowError, PayloadTooLargeError
+from ledgerflow.errors import InvalidArgumentError, PayloadTooLargeError
 from ledgerflow.ledger import JSON_ENCODING, check_id, is_terminal, validate_event
 from ledgerflow.ledger._time import to_nanos
 from ledgerflow.v1 import common_pb2, run_service_pb2_grpc
@@ -126,10 +126,6 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         if value < 0:
             raise InvalidArgumentError(field, "must not be negative")
 
-    @staticmethod
-    async def _abort(context: _Context, err: LedgerflowError) -> None:  # type: ignore[type-arg]
-        await context.abort(status_code_for(err), str(err))
-
     # -- unary RPCs ------------------------------------------------------------
 
     async def StartRun(  # noqa: N802 - gRPC method name
@@ -138,38 +134,34 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         context: _Context,  # type: ignore[type-arg]
     ) -> rpb.StartRunResponse:
         """Create a run, or return the one an earlier identical request created."""
-        try:
-            check_id(request.workflow_name, "workflow_name")
-            if request.run_id:
-                check_id(request.run_id, "run_id")
-            if request.idempotency_key:
-                check_id(request.idempotency_key, "idempotency_key")
-            for i, tag in enumerate(request.tags):
-                check_id(tag, f"tags[{i}]")
-            if request.HasField("input"):
-                self._check_payload(request.input, "input")
-            if request.HasField("execution_timeout") and (
-                request.execution_timeout.seconds < 0
-                or request.execution_timeout.nanos < 0
-                or request.execution_timeout.ToNanoseconds() == 0
-            ):
-                raise InvalidArgumentError("execution_timeout", "must be positive")
-            snapshot, created = await self._store.start_run(
-                StartRunSpec(
-                    workflow_name=request.workflow_name,
-                    workflow_version=request.workflow_version,
-                    input=request.input if request.HasField("input") else None,
-                    run_id=request.run_id,
-                    idempotency_key=request.idempotency_key,
-                    tags=tuple(request.tags),
-                    execution_timeout=(
-                        request.execution_timeout if request.HasField("execution_timeout") else None
-                    ),
-                )
+        check_id(request.workflow_name, "workflow_name")
+        if request.run_id:
+            check_id(request.run_id, "run_id")
+        if request.idempotency_key:
+            check_id(request.idempotency_key, "idempotency_key")
+        for i, tag in enumerate(request.tags):
+            check_id(tag, f"tags[{i}]")
+        if request.HasField("input"):
+            self._check_payload(request.input, "input")
+        if request.HasField("execution_timeout") and (
+            request.execution_timeout.seconds < 0
+            or request.execution_timeout.nanos < 0
+            or request.execution_timeout.ToNanoseconds() == 0
+        ):
+            raise InvalidArgumentError("execution_timeout", "must be positive")
+        snapshot, created = await self._store.start_run(
+            StartRunSpec(
+                workflow_name=request.workflow_name,
+                workflow_version=request.workflow_version,
+                input=request.input if request.HasField("input") else None,
+                run_id=request.run_id,
+                idempotency_key=request.idempotency_key,
+                tags=tuple(request.tags),
+                execution_timeout=(
+                    request.execution_timeout if request.HasField("execution_timeout") else None
+                ),
             )
-        except LedgerflowError as err:
-            await self._abort(context, err)
-            raise
+        )
         return rpb.StartRunResponse(run=snapshot, created=created)
 
     async def GetRun(  # noqa: N802
@@ -178,12 +170,8 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         context: _Context,  # type: ignore[type-arg]
     ) -> rpb.GetRunResponse:
         """Return a run's snapshot."""
-        try:
-            check_id(request.run_id, "run_id")
-            snapshot = await self._store.get_run(request.run_id)
-        except LedgerflowError as err:
-            await self._abort(context, err)
-            raise
+        check_id(request.run_id, "run_id")
+        snapshot = await self._store.get_run(request.run_id)
         return rpb.GetRunResponse(run=snapshot)
 
     async def ListRuns(  # noqa: N802
@@ -192,14 +180,10 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         context: _Context,  # type: ignore[type-arg]
     ) -> rpb.ListRunsResponse:
         """Return a page of runs, newest first."""
-        try:
-            flt = _filter_of(request.filter)
-            size = self._page_size(request.page_size, 50)
-            after = self._tokens.check(request.page_token, flt) if request.page_token else None
-            rows = await self._store.list_runs(flt, size + 1, after)
-        except LedgerflowError as err:
-            await self._abort(context, err)
-            raise
+        flt = _filter_of(request.filter)
+        size = self._page_size(request.page_size, 50)
+        after = self._tokens.check(request.page_token, flt) if request.page_token else None
+        rows = await self._store.list_runs(flt, size + 1, after)
         response = rpb.ListRunsResponse()
         for _, snap in rows[:size]:
             response.runs.append(summary_of(snap))
@@ -218,14 +202,10 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         context: _Context,  # type: ignore[type-arg]
     ) -> rpb.CancelRunResponse:
         """Record a cancellation request."""
-        try:
-            check_id(request.run_id, "run_id")
-            seq, already = await self._store.cancel_run(
-                request.run_id, reason=request.reason, identity=request.identity
-            )
-        except LedgerflowError as err:
-            await self._abort(context, err)
-            raise
+        check_id(request.run_id, "run_id")
+        seq, already = await self._store.cancel_run(
+            request.run_id, reason=request.reason, identity=request.identity
+        )
         return rpb.CancelRunResponse(seq=seq, already_requested=already)
 
     async def SignalRun(  # noqa: N802
@@ -234,23 +214,19 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         context: _Context,  # type: ignore[type-arg]
     ) -> rpb.SignalRunResponse:
         """Put a signal in the run's inbox."""
-        try:
-            check_id(request.run_id, "run_id")
-            check_id(request.signal_name, "signal_name")
-            if request.request_id:
-                check_id(request.request_id, "request_id")
-            if request.HasField("payload"):
-                self._check_payload(request.payload, "payload")
-            seq, duplicate = await self._store.signal_run(
-                request.run_id,
-                name=request.signal_name,
-                payload=request.payload if request.HasField("payload") else None,
-                request_id=request.request_id,
-                identity=request.identity,
-            )
-        except LedgerflowError as err:
-            await self._abort(context, err)
-            raise
+        check_id(request.run_id, "run_id")
+        check_id(request.signal_name, "signal_name")
+        if request.request_id:
+            check_id(request.request_id, "request_id")
+        if request.HasField("payload"):
+            self._check_payload(request.payload, "payload")
+        seq, duplicate = await self._store.signal_run(
+            request.run_id,
+            name=request.signal_name,
+            payload=request.payload if request.HasField("payload") else None,
+            request_id=request.request_id,
+            identity=request.identity,
+        )
         return rpb.SignalRunResponse(seq=seq, duplicate=duplicate)
 
     async def GetEvents(  # noqa: N802
@@ -259,14 +235,10 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         context: _Context,  # type: ignore[type-arg]
     ) -> rpb.GetEventsResponse:
         """Return a page of a run's ledger."""
-        try:
-            check_id(request.run_id, "run_id")
-            self._non_negative(request.after_seq, "after_seq")
-            size = self._page_size(request.page_size, 100)
-            page, more = await self._store.get_events(request.run_id, request.after_seq, size)
-        except LedgerflowError as err:
-            await self._abort(context, err)
-            raise
+        check_id(request.run_id, "run_id")
+        self._non_negative(request.after_seq, "after_seq")
+        size = self._page_size(request.page_size, 100)
+        page, more = await self._store.get_events(request.run_id, request.after_seq, size)
         response = rpb.GetEventsResponse(has_more=more)
         response.events.extend(page)
         return response
@@ -309,17 +281,13 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         context: _Context,  # type: ignore[type-arg]
     ) -> rpb.AppendEventsResponse:
         """Append producer events in one transaction."""
-        try:
-            if request.batch_id:
-                check_id(request.batch_id, "batch_id")
-            events = list(request.events)
-            self._check_events(events)
-            outcome = await self._store.append_events(
-                events, request_id=f"batch:{request.batch_id}" if request.batch_id else ""
-            )
-        except LedgerflowError as err:
-            await self._abort(context, err)
-            raise
+        if request.batch_id:
+            check_id(request.batch_id, "batch_id")
+        events = list(request.events)
+        self._check_events(events)
+        outcome = await self._store.append_events(
+            events, request_id=f"batch:{request.batch_id}" if request.batch_id else ""
+        )
         response = rpb.AppendEventsResponse(duplicate=outcome.duplicate)
         for run_id, (first, last) in outcome.ranges.items():
             response.ranges.add(run_id=run_id, first_seq=first, last_seq=last)
@@ -331,26 +299,22 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         context: _Context,  # type: ignore[type-arg]
     ) -> rpb.ReportStatusResponse:
         """Turn a status patch into events and append them."""
-        try:
-            patch = request.patch
-            check_id(patch.run_id, "patch.run_id")
-            if request.batch_id:
-                check_id(request.batch_id, "batch_id")
-            if patch.HasField("result"):
-                self._check_payload(patch.result, "patch.result")
-            if patch.HasField("live_logs_channel_offset") and patch.live_logs_channel_offset < 0:
-                raise InvalidArgumentError("patch.live_logs_channel_offset", "must not be negative")
-            if patch.ByteSize() > self._limits.max_payload_bytes:
-                raise PayloadTooLargeError(
-                    f"patch: {patch.ByteSize()} bytes exceeds the limit of "
-                    f"{self._limits.max_payload_bytes}"
-                )
-            outcome = await self._store.report_status(
-                patch, request_id=f"status:{request.batch_id}" if request.batch_id else ""
+        patch = request.patch
+        check_id(patch.run_id, "patch.run_id")
+        if request.batch_id:
+            check_id(request.batch_id, "batch_id")
+        if patch.HasField("result"):
+            self._check_payload(patch.result, "patch.result")
+        if patch.HasField("live_logs_channel_offset") and patch.live_logs_channel_offset < 0:
+            raise InvalidArgumentError("patch.live_logs_channel_offset", "must not be negative")
+        if patch.ByteSize() > self._limits.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"patch: {patch.ByteSize()} bytes exceeds the limit of "
+                f"{self._limits.max_payload_bytes}"
             )
-        except LedgerflowError as err:
-            await self._abort(context, err)
-            raise
+        outcome = await self._store.report_status(
+            patch, request_id=f"status:{request.batch_id}" if request.batch_id else ""
+        )
         response = rpb.ReportStatusResponse()
         response.events.extend(outcome.appended)
         return response
@@ -363,25 +327,22 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         context: _Context,  # type: ignore[type-arg]
     ) -> AsyncIterator[rpb.WatchRunResponse]:
         """Stream a run's snapshot: the current one, then each committed change."""
-        try:
-            check_id(request.run_id, "run_id")
-            self._non_negative(request.after_seq, "after_seq")
-            # Subscribe before reading, so no commit falls between the read and the watch.
-            with self._hub.watch_run(request.run_id) as sub:
-                snapshot = await self._store.get_run(request.run_id)
-                last = request.after_seq
-                while True:
-                    if snapshot.last_seq > last:
-                        yield rpb.WatchRunResponse(snapshot=snapshot)
-                        last = snapshot.last_seq
-                    if is_terminal(snapshot.status):
-                        return
-                    following = await sub.next()
-                    if following is None:
-                        return  # The coordinator is shutting down: end the stream cleanly.
-                    snapshot = following
-        except LedgerflowError as err:
-            await self._abort(context, err)
+        check_id(request.run_id, "run_id")
+        self._non_negative(request.after_seq, "after_seq")
+        # Subscribe before reading, so no commit falls between the read and the watch.
+        with self._hub.watch_run(request.run_id) as sub:
+            snapshot = await self._store.get_run(request.run_id)
+            last = request.after_seq
+            while True:
+                if snapshot.last_seq > last:
+                    yield rpb.WatchRunResponse(snapshot=snapshot)
+                    last = snapshot.last_seq
+                if is_terminal(snapshot.status):
+                    return
+                following = await sub.next()
+                if following is None:
+                    return  # The coordinator is shutting down: end the stream cleanly.
+                snapshot = following
 
     async def WatchRuns(  # noqa: N802
         self,
@@ -389,29 +350,24 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         context: _Context,  # type: ignore[type-arg]
     ) -> AsyncIterator[rpb.WatchRunsResponse]:
         """Stream changes to the runs a filter matches."""
-        try:
-            flt = _filter_of(request.filter)
-            with self._hub.watch_runs(lambda s: _matches(flt, s)) as sub:
-                if request.include_existing:
-                    after = None
-                    while True:
-                        rows = await self._store.list_runs(
-                            flt, 500, None if after is None else after
-                        )
-                        for _, snap in rows:
-                            sub.offer(snap)
-                        if len(rows) < 500:
-                            break
-                        from ledgerflow.coordinator.store import PagePosition
-
-                        after = PagePosition(create_time=rows[-1][0], run_id=rows[-1][1].run_id)
+        flt = _filter_of(request.filter)
+        with self._hub.watch_runs(lambda s: _matches(flt, s)) as sub:
+            if request.include_existing:
+                after = None
                 while True:
-                    snapshot = await sub.next()
-                    if snapshot is None:
-                        return  # The coordinator is shutting down: end the stream cleanly.
-                    yield rpb.WatchRunsResponse(run=summary_of(snapshot))
-        except LedgerflowError as err:
-            await self._abort(context, err)
+                    rows = await self._store.list_runs(flt, 500, None if after is None else after)
+                    for _, snap in rows:
+                        sub.offer(snap)
+                    if len(rows) < 500:
+                        break
+                    from ledgerflow.coordinator.store import PagePosition
+
+                    after = PagePosition(create_time=rows[-1][0], run_id=rows[-1][1].run_id)
+            while True:
+                snapshot = await sub.next()
+                if snapshot is None:
+                    return  # The coordinator is shutting down: end the stream cleanly.
+                yield rpb.WatchRunsResponse(run=summary_of(snapshot))
 
     async def TailLogs(  # noqa: N802
         self,
@@ -419,25 +375,22 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         context: _Context,  # type: ignore[type-arg]
     ) -> AsyncIterator[rpb.TailLogsResponse]:
         """Stream stored log lines from a seq; with follow, keep streaming until the run ends."""
-        try:
-            check_id(request.run_id, "run_id")
-            self._non_negative(request.from_seq, "from_seq")
-            next_seq = max(1, request.from_seq)
-            with self._hub.watch_run(request.run_id) as sub:
-                snapshot = await self._store.get_run(request.run_id)
-                while True:
-                    lines = await self._store.get_log_lines(request.run_id, next_seq, 500)
-                    if lines:
-                        yield rpb.TailLogsResponse(lines=lines)
-                        next_seq = lines[-1].seq + 1
-                        continue
-                    # Caught up. Lines of a run are committed before its terminal status, so
-                    # a terminal snapshot read before this page means nothing more will come.
-                    if not request.follow or is_terminal(snapshot.status):
-                        return
-                    following = await sub.next()
-                    if following is None:
-                        return  # The coordinator is shutting down: end the stream cleanly.
-                    snapshot = following
-        except LedgerflowError as err:
-            await self._abort(context, err)
+        check_id(request.run_id, "run_id")
+        self._non_negative(request.from_seq, "from_seq")
+        next_seq = max(1, request.from_seq)
+        with self._hub.watch_run(request.run_id) as sub:
+            snapshot = await self._store.get_run(request.run_id)
+            while True:
+                lines = await self._store.get_log_lines(request.run_id, next_seq, 500)
+                if lines:
+                    yield rpb.TailLogsResponse(lines=lines)
+                    next_seq = lines[-1].seq + 1
+                    continue
+                # Caught up. Lines of a run are committed before its terminal status, so
+                # a terminal snapshot read before this page means nothing more will come.
+                if not request.follow or is_terminal(snapshot.status):
+                    return
+                following = await sub.next()
+                if following is None:
+                    return  # The coordinator is shutting down: end the stream cleanly.
+                snapshot = following
