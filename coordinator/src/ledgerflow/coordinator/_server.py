@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -132,6 +133,9 @@ async def serve(config: ServerConfig, *, ready: asyncio.Event | None = None) -> 
         config: The configuration.
         ready: Set once the server accepts RPCs.
     """
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: how an operator finds out
+    # what a stuck coordinator is waiting for.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     coordinator = Coordinator(config)
     await coordinator.start()
     host = config.listen.rsplit(":", 1)[0]
