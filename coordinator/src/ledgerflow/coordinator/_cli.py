@@ -33,7 +33,13 @@ def register(commands: Any) -> None:
             "at every start)."
         ),
     )
-    upgrade.add_argument(
+    add_database_url_flag(upgrade)
+    upgrade.set_defaults(handler=_upgrade)
+
+
+def add_database_url_flag(parser: argparse.ArgumentParser) -> None:
+    """Add ``--database-url`` (every command that opens the database takes it)."""
+    parser.add_argument(
         "--database-url",
         metavar="URL",
         help=(
@@ -41,7 +47,11 @@ def register(commands: Any) -> None:
             f"(default: ${DATABASE_URL_ENV}, else ./ledgerflow.db)"
         ),
     )
-    upgrade.set_defaults(handler=_upgrade)
+
+
+def database_url(args: argparse.Namespace) -> str | None:
+    """Return the database URL from ``--database-url`` or the environment; None for the default."""
+    return args.database_url or os.environ.get(DATABASE_URL_ENV) or None
 
 
 def _one_line(err: BaseException) -> str:
@@ -64,7 +74,7 @@ def _upgrade(args: argparse.Namespace) -> int:
             "pip install 'ledgerflow[coordinator]'"
         ) from err
 
-    url = args.database_url or os.environ.get(DATABASE_URL_ENV) or None
+    url = database_url(args)
     try:
         engine = create_engine(url)
     except ValueError as err:

@@ -15,10 +15,10 @@ import sys
 from typing import Any
 
 from ledgerflow.cli._common import CommandError
+from ledgerflow.coordinator._cli import add_database_url_flag, database_url
 
 _ENV = {
     "listen": "LEDGERFLOW_LISTEN",
-    "database_url": "LEDGERFLOW_DATABASE_URL",
     "max_payload_bytes": "LEDGERFLOW_MAX_PAYLOAD_BYTES",
     "log_max_lines": "LEDGERFLOW_LOG_MAX_LINES",
     "log_max_bytes": "LEDGERFLOW_LOG_MAX_BYTES",
@@ -41,7 +41,7 @@ def register(commands: Any) -> None:
     server.add_argument(
         "--listen", metavar="HOST:PORT", help=f"default: ${_ENV['listen']}, else 127.0.0.1:7170"
     )
-    _database_flag(server)
+    add_database_url_flag(server)
     server.add_argument(
         "--max-payload-bytes",
         type=int,
@@ -80,19 +80,8 @@ def register(commands: Any) -> None:
     verify.add_argument(
         "--run", action="append", metavar="ID", help="check only this run (repeatable)"
     )
-    _database_flag(verify)
+    add_database_url_flag(verify)
     verify.set_defaults(handler=_verify)
-
-
-def _database_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--database-url",
-        metavar="URL",
-        help=(
-            f"postgresql://... or sqlite:///path "
-            f"(default: ${_ENV['database_url']}, else ./ledgerflow.db)"
-        ),
-    )
 
 
 def _setting(args: argparse.Namespace, name: str) -> str | None:
@@ -132,7 +121,7 @@ def _server(args: argparse.Namespace) -> int:
     secret = _setting(args, "page_token_secret")
     config = ServerConfig(
         listen=listen,
-        database_url=_setting(args, "database_url"),
+        database_url=database_url(args),
         limits=Limits(
             max_payload_bytes=int(_positive(args, "max_payload_bytes", defaults.max_payload_bytes))
         ),
@@ -158,7 +147,7 @@ def _verify(args: argparse.Namespace) -> int:
     from ledgerflow.coordinator.store import create_engine, verify
 
     try:
-        engine = create_engine(_setting(args, "database_url"))
+        engine = create_engine(database_url(args))
     except ValueError as err:
         raise CommandError(str(err)) from err
 

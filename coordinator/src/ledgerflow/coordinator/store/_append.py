@@ -89,6 +89,12 @@ class Outcome:
     value: object = None
 
 
+def _new_event(run_id: str, source: pb.EventSource.ValueType, now: int) -> pb.LedgerEvent:
+    event = pb.LedgerEvent(run_id=run_id, source=source)
+    set_nanos(event.event_time, now)
+    return event
+
+
 def _new_row(event: pb.LedgerEvent) -> sql_runs.RunRow:
     created = event.run_created
     return sql_runs.RunRow(
@@ -223,8 +229,7 @@ async def report_status(
         patch, previous, now_nanos=now, source=pb.EVENT_SOURCE_EXTERNAL
     )
     if row is None:
-        created = pb.LedgerEvent(run_id=patch.run_id, source=pb.EVENT_SOURCE_EXTERNAL)
-        set_nanos(created.event_time, now)
+        created = _new_event(patch.run_id, pb.EVENT_SOURCE_EXTERNAL, now)
         created.run_created.workflow_name = patch.workflow_name
         created.run_created.status = pb.RUN_STATUS_QUEUED
         derived.insert(0, created)
@@ -269,8 +274,7 @@ async def start_run(
     rows = await sql_runs.lock_runs(conn, [run_id])
     if run_id in rows:
         return _existing(rows[run_id], spec)
-    event = pb.LedgerEvent(run_id=run_id, source=pb.EVENT_SOURCE_CLIENT)
-    set_nanos(event.event_time, now)
+    event = _new_event(run_id, pb.EVENT_SOURCE_CLIENT, now)
     created = event.run_created
     created.workflow_name = spec.workflow_name
     created.workflow_version = spec.workflow_version
@@ -360,8 +364,7 @@ async def cancel_run(
         seq = await sql_events.first_event_seq(conn, run_id, "cancel_requested")
         return Outcome(duplicate=True, value=seq or 0)
     _require_open(row, "cancel")
-    event = pb.LedgerEvent(run_id=run_id, source=pb.EVENT_SOURCE_CLIENT)
-    set_nanos(event.event_time, now)
+    event = _new_event(run_id, pb.EVENT_SOURCE_CLIENT, now)
     event.cancel_requested.reason = reason
     event.cancel_requested.identity = identity
     return await _append_one(conn, row, event, retention)
@@ -392,8 +395,7 @@ async def signal_run(
         if run_id in prior:
             return Outcome(duplicate=True, ranges=prior, value=prior[run_id][0])
     _require_open(row, "signal")
-    event = pb.LedgerEvent(run_id=run_id, source=pb.EVENT_SOURCE_CLIENT)
-    set_nanos(event.event_time, now)
+    event = _new_event(run_id, pb.EVENT_SOURCE_CLIENT, now)
     signal = event.signal_received
     signal.name = name
     signal.request_id = request_id

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from google.protobuf.message import Message
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -23,7 +24,6 @@ from ledgerflow.ledger import (
     empty_journal,
     empty_snapshot,
 )
-from ledgerflow.v1 import journal_pb2
 from ledgerflow.v1 import ledger_pb2 as pb
 
 
@@ -40,6 +40,19 @@ class Mismatch:
     run_id: str
     what: str
     detail: str
+
+
+def _difference(fresh: Message, stored: bytes) -> str | None:
+    """Describe how ``stored`` differs from ``fresh`` (by top-level field), or None if equal."""
+    if fresh.SerializeToString(deterministic=True) == stored:
+        return None
+    decoded = type(fresh).FromString(stored)
+    fields = sorted(
+        f.name
+        for f in fresh.DESCRIPTOR.fields
+        if getattr(decoded, f.name) != getattr(fresh, f.name)
+    )
+    return "differs in " + ", ".join(fields or ["encoding"])
 
 
 async def _run_ids(engine: AsyncEngine, only: Sequence[str] | None) -> AsyncIterator[str]:
@@ -116,24 +129,11 @@ async def verify(
             found.append(
                 Mismatch(run_id, "seqs", gap or f"last_seq {row.last_seq}, ledger has {seq}")
             )
-        if snapshot.SerializeToString(deterministic=True) != row.snapshot:
-            stored = pb.RunSnapshot.FromString(row.snapshot)
-            fields = sorted(
-                f.name
-                for f in pb.RunSnapshot.DESCRIPTOR.fields
-                if getattr(stored, f.name) != getattr(snapshot, f.name)
-            )
-            found.append(
-                Mismatch(run_id, "snapshot", "differs in " + ", ".join(fields or ["encoding"]))
-            )
-        if journal.SerializeToString(deterministic=True) != row.journal:
-            stored_journal = journal_pb2.JournalSlice.FromString(row.journal)
-            fields = sorted(
-                f.name
-                for f in journal_pb2.JournalSlice.DESCRIPTOR.fields
-                if getattr(stored_journal, f.name) != getattr(journal, f.name)
-            )
-            found.append(
-                Mismatch(run_id, "journal", "differs in " + ", ".join(fields or ["encoding"]))
-            )
+        for what, fresh, stored in (
+            ("snapshot", snapshot, row.snapshot),
+            ("journal", journal, row.journal),
+        ):
+            detail = _difference(fresh, stored)
+            if detail is not None:
+                found.append(Mismatch(run_id, what, detail))
     return checked, found
