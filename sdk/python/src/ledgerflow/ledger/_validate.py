@@ -8,7 +8,9 @@ timestamp (it must lie in Timestamp's range). Errors name the offending field.
 
 from __future__ import annotations
 
-from google.protobuf.descriptor import FieldDescriptor
+from functools import cache
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from ledgerflow.errors import InvalidEventError
@@ -101,10 +103,58 @@ def validate_event(event: pb.LedgerEvent) -> None:
         raise InvalidEventError(f"{case}.attempt", "must not be negative")
 
 
+# What _check_message does with a set field, decided once per field descriptor:
+# the walk runs on every appended event, and re-deciding it from descriptors
+# (options lookups, type tests) was most of its cost.
+_SKIP, _ENUM, _MESSAGE, _MESSAGES, _MESSAGE_MAP = range(5)
+_TIME_TYPES = frozenset({_TIMESTAMP, _DURATION})
+
+
+@cache
+def _worth_walking(descriptor: Descriptor) -> bool:
+    """Whether a message type can hold anything to check (an enum, a time), at any depth."""
+    if descriptor.full_name in _TIME_TYPES:
+        return True
+    _worth_walking_in_progress.add(descriptor.full_name)
+    try:
+        for fd in descriptor.fields:
+            if fd.type == FieldDescriptor.TYPE_ENUM:
+                return True
+            child = fd.message_type
+            if (
+                child is not None
+                and child.full_name not in _worth_walking_in_progress
+                and _worth_walking(child)
+            ):
+                return True
+        return False
+    finally:
+        _worth_walking_in_progress.discard(descriptor.full_name)
+
+
+_worth_walking_in_progress: set[str] = set()
+
+
+@cache
+def _plan(fd: FieldDescriptor) -> tuple[int, frozenset[int]]:
+    """How to check a set field: the action and, for enums, the known numbers."""
+    if fd.type == FieldDescriptor.TYPE_ENUM and fd.enum_type is not None:
+        return _ENUM, frozenset(fd.enum_type.values_by_number)
+    child = fd.message_type
+    if fd.type != FieldDescriptor.TYPE_MESSAGE or child is None:
+        return _SKIP, frozenset()
+    if child.GetOptions().map_entry:
+        value = child.fields_by_name["value"].message_type
+        return (_MESSAGE_MAP if value is not None and _worth_walking(value) else _SKIP), frozenset()
+    if not _worth_walking(child):
+        return _SKIP, frozenset()
+    return (_MESSAGES if fd.is_repeated else _MESSAGE), frozenset()
+
+
 def _check_message(msg: Message, path: str) -> None:
     """Recursively check enum values and time ranges of every set field."""
     full_name = msg.DESCRIPTOR.full_name
-    if full_name in (_TIMESTAMP, _DURATION):
+    if full_name in _TIME_TYPES:
         seconds = getattr(msg, "seconds")  # noqa: B009 - well-known types are untyped here
         nanos = getattr(msg, "nanos")  # noqa: B009
         if full_name == _TIMESTAMP:
@@ -114,20 +164,19 @@ def _check_message(msg: Message, path: str) -> None:
             raise InvalidEventError(path, "is outside the valid duration range")
         return
     for field, value in msg.ListFields():
+        action, known = _plan(field)
+        if action == _SKIP:
+            continue
         name = f"{path}.{field.name}" if path else field.name
-        if field.type == FieldDescriptor.TYPE_ENUM and field.enum_type is not None:
-            values = value if field.is_repeated else [value]
-            for v in values:
-                if field.enum_type.values_by_number.get(v) is None:
+        if action == _ENUM:
+            for v in value if field.is_repeated else (value,):
+                if v not in known:
                     raise InvalidEventError(name, f"has unknown enum value {v}")
-        elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
-            if field.message_type.GetOptions().map_entry:
-                value_field = field.message_type.fields_by_name["value"]
-                if value_field.type == FieldDescriptor.TYPE_MESSAGE:
-                    for key, item in value.items():
-                        _check_message(item, f"{name}[{key!r}]")
-            elif field.is_repeated:
-                for i, item in enumerate(value):
-                    _check_message(item, f"{name}[{i}]")
-            else:
-                _check_message(value, name)
+        elif action == _MESSAGE:
+            _check_message(value, name)
+        elif action == _MESSAGES:
+            for i, item in enumerate(value):
+                _check_message(item, f"{name}[{i}]")
+        else:
+            for key, item in value.items():
+                _check_message(item, f"{name}[{key!r}]")
