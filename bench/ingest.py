@@ -9,8 +9,10 @@ Starts ``ledgerflow server`` as a subprocess on a private PostgreSQL cluster
 2. One producer appends single events to a run one at a time while a WatchRun
    subscriber receives the snapshots: for each event, the time from sending the
    append to the watcher receiving the snapshot that contains it (append →
-   watch), and from the append's acknowledgement to that delivery
-   (commit → watch, clamped at 0: the watcher can beat the ack). p50/p99.
+   watch): p50/p99.
+
+Each figure is the median of ``--repeat`` rounds (range shown), after a warm-up;
+every round appends to fresh runs.
 
 Usage: ``python bench/ingest.py [--db postgres|sqlite|both] [--clients N] [--batch B]``.
 """
@@ -72,17 +74,19 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def throughput(address: str, clients: int, batch: int, batches: int) -> float:
-    """Return events/s appended by ``clients`` concurrent clients."""
+async def throughput(
+    address: str, clients: int, batch: int, batches: int, label: str = "tp"
+) -> float:
+    """Return events/s appended by ``clients`` concurrent clients, each to its own new run."""
     channels = [grpc.aio.insecure_channel(address) for _ in range(clients)]
     stubs = [RunServiceStub(c) for c in channels]
     for n, stub in enumerate(stubs):
-        await stub.StartRun(rpb.StartRunRequest(workflow_name="bench", run_id=f"tp-{n}"))
+        await stub.StartRun(rpb.StartRunRequest(workflow_name="bench", run_id=f"{label}-{n}"))
 
     async def client(n: int, stub: RunServiceStub) -> None:
         i = 0
         for _ in range(batches):
-            events = [event(f"tp-{n}", i + k) for k in range(batch)]
+            events = [event(f"{label}-{n}", i + k) for k in range(batch)]
             i += batch
             await stub.AppendEvents(rpb.AppendEventsRequest(events=events))
 
@@ -94,7 +98,9 @@ async def throughput(address: str, clients: int, batch: int, batches: int) -> fl
     return clients * batches * batch / elapsed
 
 
-async def watch_latency(address: str, count: int) -> tuple[list[float], list[float]]:
+async def watch_latency(
+    address: str, count: int, run_id: str = "lat"
+) -> tuple[list[float], list[float]]:
     """Return (append→watch, commit→watch) latencies in ms for ``count`` single appends."""
     async with (
         grpc.aio.insecure_channel(address) as producer_ch,
@@ -102,8 +108,8 @@ async def watch_latency(address: str, count: int) -> tuple[list[float], list[flo
     ):
         producer = RunServiceStub(producer_ch)
         watcher = RunServiceStub(watcher_ch)
-        await producer.StartRun(rpb.StartRunRequest(workflow_name="bench", run_id="lat"))
-        call = watcher.WatchRun(rpb.WatchRunRequest(run_id="lat"))
+        await producer.StartRun(rpb.StartRunRequest(workflow_name="bench", run_id=run_id))
+        call = watcher.WatchRun(rpb.WatchRunRequest(run_id=run_id))
         await call.read()  # the current snapshot (seq 1)
         sent: dict[int, float] = {}
         acked: dict[int, float] = {}
@@ -130,10 +136,13 @@ async def watch_latency(address: str, count: int) -> tuple[list[float], list[flo
             waiters[seq] = loop.create_future()
             sent[seq] = time.perf_counter()
             await producer.AppendEvents(
-                rpb.AppendEventsRequest(events=[event("lat", 2 + 4 * i)])  # log batches
+                rpb.AppendEventsRequest(events=[event(run_id, 2 + 4 * i)])  # log batches
             )
             acked[seq] = time.perf_counter()
-            await waiters.pop(seq)
+            # Wait, then forget: popping first would hide the future from a watcher
+            # whose delivery comes after the acknowledgement (the stall seen earlier).
+            await waiters[seq]
+            del waiters[seq]
         call.cancel()
         watching.cancel()
     append_watch = [(received[s] - sent[s]) * 1000 for s in sent]
@@ -158,35 +167,44 @@ def start_server(database_url: str) -> tuple[subprocess.Popen[str], str]:
     return proc, match.group(1)
 
 
+def spread(values: list[float], unit: str, digits: int = 0) -> str:
+    """Format the median of ``values`` and their range."""
+    fmt = f"{{:,.{digits}f}}"
+    return (
+        f"{fmt.format(statistics.median(values))} {unit} "
+        f"(range {fmt.format(min(values))}-{fmt.format(max(values))})"
+    )
+
+
 async def run_one(label: str, database_url: str, args: argparse.Namespace) -> None:
-    """Benchmark one database and print its figures."""
+    """Benchmark one database and print its figures (medians of ``--repeat`` rounds)."""
     proc, address = start_server(database_url)
     try:
         print(f"\n{label}", flush=True)
-        rate = await throughput(address, args.clients, args.batch, args.batches)
-        print(
-            f"  AppendEvents, {args.clients} clients x {args.batch}-event batches: "
-            f"{rate:,.0f} events/s",
-            flush=True,
-        )
-        single = await throughput(address, args.clients, 1, args.batches * 4)
-        print(
-            f"  AppendEvents, {args.clients} clients x 1-event requests:  {single:,.0f} events/s",
-            flush=True,
-        )
-        append_watch, commit_watch = await watch_latency(address, args.latency_samples)
+        # Warm-up: connections, prepared statements and caches, not measured.
+        await throughput(address, args.clients, args.batch, 2, "warm")
+        batched, single, p50, p99 = [], [], [], []
+        for r in range(args.repeat):
+            # Fresh runs every round, so each round appends to runs of the same length.
+            batched.append(
+                await throughput(address, args.clients, args.batch, args.batches, f"b{r}")
+            )
+            single.append(await throughput(address, args.clients, 1, args.batches * 4, f"s{r}"))
+            append_watch, _ = await watch_latency(address, args.latency_samples, f"lat{r}")
+            p50.append(statistics.median(append_watch))
+            p99.append(pct(append_watch, 0.99))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     print(
-        f"  append -> watch: p50 {statistics.median(append_watch):.2f} ms, "
-        f"p99 {pct(append_watch, 0.99):.2f} ms"
+        f"  AppendEvents, {args.clients} clients x {args.batch}-event batches: "
+        f"{spread(batched, 'events/s')}"
     )
     print(
-        f"  commit -> watch: p50 {statistics.median(commit_watch):.2f} ms, "
-        f"p99 {pct(commit_watch, 0.99):.2f} ms",
-        flush=True,
+        f"  AppendEvents, {args.clients} clients x 1-event requests: {spread(single, 'events/s')}"
     )
+    print(f"  append -> watch p50: {spread(p50, 'ms', 2)}")
+    print(f"  append -> watch p99: {spread(p99, 'ms', 2)}", flush=True)
 
 
 async def main() -> None:
@@ -197,6 +215,7 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--batches", type=int, default=50)
     parser.add_argument("--latency-samples", type=int, default=500)
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     print(
         f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cpus",
