@@ -54,6 +54,8 @@ def events(draw: st.DrawFn) -> pb.LedgerEvent:
                 "waitpoint_resolved",
                 "cancel_requested",
                 "signal_received",
+                "checkpoint_recorded",
+                "metadata_updated",
             ]
         )
     )
@@ -64,6 +66,11 @@ def events(draw: st.DrawFn) -> pb.LedgerEvent:
         fields["result"] = json_payload(draw(st.integers()))
     elif kind in ("run_failed", "run_cancelled", "run_timed_out"):
         fields["error"] = err(draw(st.sampled_from(["x", "y"])))
+    elif kind == "checkpoint_recorded":
+        fields["step_id"] = step
+        fields["summary"] = "s"
+    elif kind == "metadata_updated":
+        fields["mutations"] = [pb.MetadataMutation(op=pb.METADATA_OP_SET, key=step)]
     elif kind.startswith(("step_", "compensation_")):
         fields["step_id"] = step
         if kind == "step_progress":

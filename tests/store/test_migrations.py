@@ -98,3 +98,84 @@ async def test_downgrade_to_base_and_back(engine: AsyncEngine) -> None:
     await upgrade(engine)
     async with engine.connect() as conn:
         assert await conn.run_sync(_diff) == []
+
+
+async def test_0002_splits_stored_steps_out_and_back(engine: AsyncEngine) -> None:
+    """A run written in the 0001 layout (whole snapshot in the row) survives 0002 both ways."""
+    from alembic import command
+
+    from ledgerflow.coordinator.store import Store, verify
+    from ledgerflow.coordinator.store._engine import _alembic_config
+    from ledgerflow.coordinator.store._schema import events, run_steps, runs
+    from ledgerflow.ledger import (
+        apply_event,
+        apply_journal_event,
+        empty_journal,
+        empty_snapshot,
+        json_payload,
+    )
+    from ledgerflow.ledger._time import set_nanos
+    from ledgerflow.v1 import ledger_pb2 as pb
+
+    ledger = []
+    for i, case in enumerate(["run_created", "step_started", "step_completed", "step_started"]):
+        e = pb.LedgerEvent(run_id="old", seq=i + 1, source=pb.EVENT_SOURCE_WORKER)
+        set_nanos(e.event_time, 1_700_000_000_000_000_000 + i)
+        if case == "run_created":
+            e.run_created.workflow_name = "wf"
+        elif case == "step_completed":
+            e.step_completed.step_id = "a"
+            e.step_completed.output.CopyFrom(json_payload({"n": 1}))
+        else:
+            e.step_started.step_id = "a" if i == 1 else "b"
+        ledger.append(e)
+    snapshot, journal = empty_snapshot("old"), empty_journal()
+    for e in ledger:
+        apply_event(snapshot, e)
+        apply_journal_event(journal, e)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda c: command.downgrade(_alembic_config(c), "0001"))
+        await conn.execute(
+            runs.insert().values(
+                run_id="old",
+                workflow_name="wf",
+                status=snapshot.status,
+                create_time=1,
+                update_time=1,
+                last_seq=len(ledger),
+                snapshot=snapshot.SerializeToString(deterministic=True),
+                journal=journal.SerializeToString(deterministic=True),
+            )
+        )
+        await conn.execute(
+            events.insert(),
+            [
+                {
+                    "run_id": "old",
+                    "seq": e.seq,
+                    "event_type": e.WhichOneof("payload"),
+                    "event_time": 0,
+                    "data": e.SerializeToString(deterministic=True),
+                }
+                for e in ledger
+            ],
+        )
+    await upgrade(engine)
+    async with engine.connect() as conn:
+        step_ids = (await conn.execute(sa.select(run_steps.c.step_id))).scalars().all()
+        head = (await conn.execute(sa.select(runs.c.snapshot))).scalar_one()
+    assert sorted(step_ids) == ["a", "b"]
+    assert not pb.RunSnapshot.FromString(head).steps
+    assert await verify(engine) == (1, [])
+    store = Store(engine)
+    assert await store.get_run("old") == snapshot
+
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda c: command.downgrade(_alembic_config(c), "0001"))
+        restored = (await conn.execute(sa.select(runs.c.snapshot, runs.c.journal))).one()
+    assert pb.RunSnapshot.FromString(restored.snapshot) == snapshot
+    from ledgerflow.v1 import journal_pb2
+
+    assert journal_pb2.JournalSlice.FromString(restored.journal) == journal
+    await upgrade(engine)

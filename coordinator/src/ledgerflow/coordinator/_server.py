@@ -6,6 +6,7 @@ import asyncio
 import faulthandler
 import logging
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -14,8 +15,9 @@ from grpc_reflection.v1alpha import reflection
 
 from ledgerflow.coordinator.api import DomainErrorInterceptor, Limits, PageTokens, RunService
 from ledgerflow.coordinator.fanout import Hub, PostgresListener, asyncpg_dsn
-from ledgerflow.coordinator.store import Store, create_engine, upgrade
+from ledgerflow.coordinator.store import Store, Touched, create_engine, upgrade
 from ledgerflow.ledger import LogRetention
+from ledgerflow.v1 import ledger_pb2 as pb
 from ledgerflow.v1 import run_service_pb2, run_service_pb2_grpc
 
 _log = logging.getLogger(__name__)
@@ -68,9 +70,14 @@ class Coordinator:
         await upgrade(engine)
         hub = self.hub
 
-        def publish(touched: object) -> None:
-            for t in touched:  # type: ignore[attr-defined]
-                hub.publish(t.snapshot)
+        def publish(touched: Sequence[Touched]) -> None:
+            for t in touched:
+                if hub.wants(t.run_id):
+                    # The writer keeps changing its snapshot objects; subscribers
+                    # send later, so each gets a copy of the committed state.
+                    snapshot = pb.RunSnapshot()
+                    snapshot.CopyFrom(t.snapshot)
+                    hub.publish(snapshot)
 
         self.store = Store(engine, retention=self.config.retention, on_commit=publish)
         await self.store.start()

@@ -59,7 +59,9 @@ class PostgresListener:
                 await task
         self._tasks = []
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+    def _on_notify(self, _conn: object, pid: int, _channel: str, payload: object) -> None:
+        if pid in self._store.writer_pids:
+            return  # This process's own commit: the hub has it already.
         seq_text, _, run_id = str(payload).partition(" ")
         if not run_id or not self._hub.wants(run_id):
             return

@@ -4,7 +4,6 @@ from ledgerflow.coordinator.store._append import (
     REFUSED_AFTER_TERMINAL,
     Outcome,
     StartRunSpec,
-    Touched,
 )
 from ledgerflow.coordinator.store._engine import (
     DEFAULT_SQLITE_URL,
@@ -15,7 +14,7 @@ from ledgerflow.coordinator.store._engine import (
     upgrade,
 )
 from ledgerflow.coordinator.store._sql_runs import PagePosition, RunFilter
-from ledgerflow.coordinator.store._store import NOTIFY_CHANNEL, Store
+from ledgerflow.coordinator.store._store import NOTIFY_CHANNEL, Store, Touched
 from ledgerflow.coordinator.store._verify import Mismatch, verify
 
 __all__ = [

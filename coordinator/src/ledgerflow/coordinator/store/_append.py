@@ -1,21 +1,27 @@
 """The append path: every write to a ledger goes through these operations.
 
-Each operation runs inside the writer's transaction (in its own savepoint, so
-one refused request does not undo the others in the same group commit) and:
+Operations run inside the writer's group transaction against a :class:`Batch`:
+the locked rows of every run the group touches, loaded (or taken from the
+writer's cache) before any operation runs. An operation:
 
-1. locks the rows of the runs it touches (in run-id order: no deadlocks),
+1. checks everything that could refuse it **before** changing anything (an
+   unknown run, a finished run, a duplicate creation), so a refused request
+   leaves no trace and the rest of the group still commits;
 2. ingests log lines through the positional channel cursors,
 3. assigns gapless seqs after the run's ``last_seq``,
-4. folds the events into the stored snapshot and journal,
-5. writes events, log lines, cursors and the run row back.
+4. folds the events into the run's snapshot and journal,
+5. queues its events, log lines, cursors and request ids on the batch.
 
-Nothing here commits: the caller acknowledges only after the commit.
+The writer then flushes the whole group with one statement per table and
+commits: many requests cost the round trips of one. Nothing here commits, and
+apart from rare lookups (a retried cancellation, an idempotency key naming a run
+outside the group) nothing here touches the database.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf.duration_pb2 import Duration
@@ -60,15 +66,38 @@ REFUSED_AFTER_TERMINAL = frozenset(
     }
 )
 
+# The events after which a run is finished, whatever it was before (terminal
+# statuses are sticky in the reducer; tests/coordinator/test_append.py checks
+# this against it for every event kind).
+_ENDS_RUN = frozenset(
+    {"run_completed", "run_failed", "run_cancelled", "run_timed_out", "run_terminated"}
+)
 
-@dataclass(slots=True)
-class Touched:
-    """What an operation changed in one run, for acknowledgements and fan-out."""
 
-    run_id: str
-    first_seq: int
-    last_seq: int
-    snapshot: pb.RunSnapshot
+# The event kinds that name a step: the only step a reducer or journal rule for
+# them changes is that one (the store rewrites just the steps an append named).
+STEP_EVENTS = frozenset(
+    f.name
+    for f in pb.LedgerEvent.DESCRIPTOR.oneofs_by_name["payload"].fields
+    if f.message_type is not None and "step_id" in f.message_type.fields_by_name
+)
+
+
+def step_of(event: pb.LedgerEvent) -> str | None:
+    """Return the step an event names, if its kind names one."""
+    case = event.WhichOneof("payload")
+    if case in STEP_EVENTS:
+        step_id: str = getattr(event, case).step_id
+        return step_id
+    return None
+
+
+def ends_run(event: pb.LedgerEvent) -> bool:
+    """Return whether the run is finished once ``event`` is reduced (whatever came before)."""
+    case = event.WhichOneof("payload")
+    if case == "run_created":
+        return is_terminal(event.run_created.status)
+    return case in _ENDS_RUN
 
 
 @dataclass(slots=True)
@@ -76,17 +105,153 @@ class Outcome:
     """The result of one write operation.
 
     Attributes:
-        touched: The runs changed, in first-seen order (empty for a duplicate).
+        appended: The events the request appended, seqs assigned.
         duplicate: The request had been applied before; nothing was appended.
         ranges: Per run, the seqs the request appended (for a duplicate: the first time).
         value: Operation-specific result (e.g. StartRun's snapshot and created flag).
     """
 
-    touched: list[Touched] = field(default_factory=list)
     appended: list[pb.LedgerEvent] = field(default_factory=list)
     duplicate: bool = False
     ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
     value: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """What an operation will look at, so the writer loads it for the whole group at once.
+
+    Attributes:
+        run_ids: Runs whose rows are locked and loaded (existing or not).
+        request_ids: (run id, request id) pairs whose earlier outcome is looked up.
+        idempotency_keys: StartRun idempotency keys whose run is looked up.
+    """
+
+    run_ids: tuple[str, ...] = ()
+    request_ids: tuple[tuple[str, str], ...] = ()
+    idempotency_keys: tuple[str, ...] = ()
+
+
+class Batch:
+    """The working set of one group transaction: locked rows and queued writes.
+
+    Rows are the writer's own objects (possibly cached across commits); an
+    operation changes them only after all of its checks passed.
+    """
+
+    def __init__(
+        self,
+        conn: AsyncConnection,
+        rows: dict[str, sql_runs.RunRow],
+        requests: dict[tuple[str, str], tuple[int, int]],
+        keys: dict[str, str],
+    ) -> None:
+        """Create a batch over rows the caller locked and lookups it prefetched."""
+        self.conn = conn
+        self.rows = rows
+        self.requests = requests
+        self.keys = keys
+        self.loaded_seqs = {run_id: row.last_seq for run_id, row in rows.items()}
+        """Each loaded run's ``last_seq`` as stored: the flush writes a run only if unchanged."""
+        self.new_runs: dict[str, int] = {}
+        """Runs created in this batch, with their create time."""
+        self.dirty: dict[str, None] = {}
+        """Runs changed in this batch, in first-changed order."""
+        self.events: list[pb.LedgerEvent] = []
+        self.lines: list[tuple[str, StoredLine, int]] = []
+        self.cursors: dict[tuple[str, str], int] = {}
+        self.recorded: list[tuple[str, str, int, int]] = []
+        self.steps: dict[tuple[str, str], None] = {}
+        """(run id, step id) of every step the batch's events named."""
+
+    def changes(self) -> tuple[int, ...]:
+        """Return a fingerprint of the queued changes (to check a refusal changed nothing)."""
+        return (
+            len(self.events),
+            len(self.lines),
+            len(self.cursors),
+            len(self.recorded),
+            len(self.new_runs),
+            len(self.dirty),
+        )
+
+    # -- lookups -------------------------------------------------------------
+
+    def prior_request(self, run_ids: Sequence[str], request_id: str) -> dict[str, tuple[int, int]]:
+        """Return what an earlier request with this id appended to each of ``run_ids``."""
+        found = {}
+        for run_id in run_ids:
+            prior = self.requests.get((run_id, request_id))
+            if prior is not None:
+                found[run_id] = prior
+        return found
+
+    async def snapshot_of(self, run_id: str) -> pb.RunSnapshot | None:
+        """Return a run's snapshot: from the batch if it holds the run, else as stored."""
+        row = self.rows.get(run_id)
+        if row is not None:
+            return row.snapshot
+        return await sql_runs.get_snapshot(self.conn, run_id)
+
+    async def first_event_seq(self, run_id: str, event_type: str) -> int | None:
+        """Return the seq of a run's first event of ``event_type``, queued ones included."""
+        seq = await sql_events.first_event_seq(self.conn, run_id, event_type)
+        if seq is not None:
+            return seq
+        for event in self.events:
+            if event.run_id == run_id and event.WhichOneof("payload") == event_type:
+                return event.seq
+        return None
+
+    # -- changes ---------------------------------------------------------------
+
+    def create(self, row: sql_runs.RunRow, create_time: int) -> None:
+        """Add a run created by this batch."""
+        self.rows[row.run_id] = row
+        self.new_runs[row.run_id] = create_time
+        if row.idempotency_key:
+            self.keys[row.idempotency_key] = row.run_id
+
+    def record_request(self, request_id: str, ranges: dict[str, tuple[int, int]]) -> None:
+        """Remember what a request appended, so a resend is answered without a second append."""
+        for run_id, (first, last) in ranges.items():
+            self.requests[(run_id, request_id)] = (first, last)
+            self.recorded.append((run_id, request_id, first, last))
+
+    def fold(
+        self, row: sql_runs.RunRow, events: Sequence[pb.LedgerEvent], retention: LogRetention
+    ) -> list[pb.LedgerEvent]:
+        """Ingest, number and fold checked ``events`` into ``row``; queue their writes."""
+        appended: list[pb.LedgerEvent] = []
+        for event in events:
+            if event.HasField("log_appended"):
+                result = ingest_log_batch(event, row.log, retention)
+                if event.log_appended.HasField("channel_offset"):
+                    channel = event.log_appended.channel
+                    self.cursors[(row.run_id, channel)] = row.log.cursors.get(channel, 0)
+                if result.event is None:
+                    continue  # Everything in it was ingested before: a resend.
+                out = result.event
+                time = to_nanos(event.event_time)
+                self.lines.extend((row.run_id, line, time) for line in result.stored)
+            else:
+                out = pb.LedgerEvent()
+                out.CopyFrom(event)
+            step_id = step_of(out)
+            if step_id is not None:
+                self.steps[(row.run_id, step_id)] = None
+            row.last_seq += 1
+            out.seq = row.last_seq
+            apply_event(row.snapshot, out)
+            apply_journal_event(row.journal, out)
+            appended.append(out)
+        if appended:
+            self.events.extend(appended)
+            self.dirty[row.run_id] = None
+        return appended
+
+
+Op = Callable[[Batch], Awaitable[Outcome]]
 
 
 def _new_event(run_id: str, source: pb.EventSource.ValueType, now: int) -> pb.LedgerEvent:
@@ -108,53 +273,8 @@ def _new_row(event: pb.LedgerEvent) -> sql_runs.RunRow:
     )
 
 
-async def _fold(
-    conn: AsyncConnection,
-    row: sql_runs.RunRow,
-    events: Sequence[pb.LedgerEvent],
-    retention: LogRetention,
-) -> list[pb.LedgerEvent]:
-    """Ingest, number and fold ``events`` into ``row``; write events and log lines."""
-    channels = [
-        e.log_appended.channel
-        for e in events
-        if e.HasField("log_appended") and e.log_appended.HasField("channel_offset")
-    ]
-    row.log.cursors = await sql_events.load_cursors(conn, row.run_id, channels)
-    appended: list[pb.LedgerEvent] = []
-    # All of a batch's log lines go in one INSERT: a round trip per log event was the
-    # ingest bottleneck (bench/ingest.py).
-    stored: list[tuple[StoredLine, int]] = []
-    for index, event in enumerate(events):
-        case = event.WhichOneof("payload")
-        if case in REFUSED_AFTER_TERMINAL and is_terminal(row.snapshot.status):
-            raise FailedPreconditionError(
-                f"events[{index}] ({case}): run {row.run_id!r} already finished "
-                f"({STATUS_WORDS[row.snapshot.status]})"
-            )
-        if case == "log_appended":
-            result = ingest_log_batch(event, row.log, retention)
-            if result.event is None:
-                continue  # Everything in it was ingested before: a resend.
-            out = result.event
-            time = to_nanos(event.event_time)
-            stored.extend((line, time) for line in result.stored)
-        else:
-            out = pb.LedgerEvent()
-            out.CopyFrom(event)
-        row.last_seq += 1
-        out.seq = row.last_seq
-        apply_event(row.snapshot, out)
-        apply_journal_event(row.journal, out)
-        appended.append(out)
-    await sql_events.insert_events(conn, appended)
-    await sql_events.insert_log_lines(conn, row.run_id, stored)
-    await sql_events.save_cursors(conn, row.run_id, row.log.cursors)
-    return appended
-
-
 async def append_events(
-    conn: AsyncConnection,
+    batch: Batch,
     events: Sequence[pb.LedgerEvent],
     *,
     request_id: str,
@@ -172,41 +292,56 @@ async def append_events(
     """
     run_ids = list(dict.fromkeys(e.run_id for e in events))
     if request_id:
-        prior = await sql_events.find_request(conn, run_ids, request_id)
+        prior = batch.prior_request(run_ids, request_id)
         if prior:
-            return Outcome(duplicate=True, ranges={r: prior[r] for r in run_ids if r in prior})
-    rows = await sql_runs.lock_runs(conn, run_ids)
-    outcome = Outcome()
+            return Outcome(duplicate=True, ranges=prior)
+    # Every check first: a refusal must leave the batch exactly as it found it.
+    plan: list[tuple[sql_runs.RunRow | None, list[pb.LedgerEvent]]] = []
     for run_id in run_ids:
-        batch = [e for e in events if e.run_id == run_id]
-        row = rows.get(run_id)
-        creates = [i for i, e in enumerate(batch) if e.HasField("run_created")]
+        indexes = [i for i, e in enumerate(events) if e.run_id == run_id]
+        run_events = [events[i] for i in indexes]
+        row = batch.rows.get(run_id)
+        creates = [i for i, e in enumerate(run_events) if e.HasField("run_created")]
         if row is not None and creates:
             raise RunAlreadyExistsError(f"run {run_id!r} already exists")
-        if row is None:
-            if creates != [0]:
-                raise RunNotFoundError(
-                    f"run {run_id!r} not found (a new run's first event must be run_created)"
+        if row is None and creates != [0]:
+            raise RunNotFoundError(
+                f"run {run_id!r} not found (a new run's first event must be run_created)"
+            )
+        key = run_events[0].run_created.idempotency_key if row is None else ""
+        if key and key in batch.keys:
+            raise RunAlreadyExistsError(
+                f"idempotency key {key!r} already names run {batch.keys[key]!r}"
+            )
+        before = row.snapshot.status if row is not None else pb.RUN_STATUS_UNKNOWN
+        finished = is_terminal(before)
+        for index, event in zip(indexes, run_events, strict=True):
+            case = event.WhichOneof("payload")
+            if finished and case in REFUSED_AFTER_TERMINAL:
+                word = STATUS_WORDS[before] if is_terminal(before) else "earlier in this request"
+                raise FailedPreconditionError(
+                    f"events[{index}] ({case}): run {run_id!r} already finished ({word})"
                 )
-            row = _new_row(batch[0])
+            finished = finished or ends_run(event)
+        plan.append((row, run_events))
+
+    outcome = Outcome()
+    for row, run_events in plan:
+        if row is None:
+            row = _new_row(run_events[0])
+            batch.create(row, to_nanos(run_events[0].event_time))
         first = row.last_seq + 1
-        appended = await _fold(conn, row, batch, retention)
-        if run_id not in rows:
-            if not await sql_runs.insert_run(conn, row, to_nanos(batch[0].event_time)):
-                raise RunAlreadyExistsError(f"run {run_id!r} or its idempotency key already exists")
-        elif appended:
-            await sql_runs.save_run(conn, row)
+        appended = batch.fold(row, run_events, retention)
         if appended:
-            outcome.touched.append(Touched(run_id, first, row.last_seq, row.snapshot))
-            outcome.ranges[run_id] = (first, row.last_seq)
+            outcome.ranges[row.run_id] = (first, row.last_seq)
             outcome.appended.extend(appended)
     if request_id:
-        await sql_events.record_request(conn, request_id, outcome.ranges)
+        batch.record_request(request_id, outcome.ranges)
     return outcome
 
 
 async def report_status(
-    conn: AsyncConnection,
+    batch: Batch,
     patch: rpb.StatusPatch,
     *,
     request_id: str,
@@ -219,11 +354,10 @@ async def report_status(
     no other way to), with the patch's workflow name.
     """
     if request_id:
-        prior = await sql_events.find_request(conn, [patch.run_id], request_id)
+        prior = batch.prior_request([patch.run_id], request_id)
         if prior:
             return Outcome(duplicate=True, ranges=prior)
-    rows = await sql_runs.lock_runs(conn, [patch.run_id])
-    row = rows.get(patch.run_id)
+    row = batch.rows.get(patch.run_id)
     previous = row.snapshot if row is not None else empty_snapshot(patch.run_id)
     derived = events_from_status_patch(
         patch, previous, now_nanos=now, source=pb.EVENT_SOURCE_EXTERNAL
@@ -235,7 +369,7 @@ async def report_status(
         derived.insert(0, created)
     if not derived:
         return Outcome()
-    return await append_events(conn, derived, request_id=request_id, retention=retention)
+    return await append_events(batch, derived, request_id=request_id, retention=retention)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,8 +390,16 @@ def new_run_id() -> str:
     return str(uuid.uuid4())
 
 
+def _copy(snapshot: pb.RunSnapshot) -> pb.RunSnapshot:
+    # Rows outlive the batch in the writer's cache and keep changing: anything handed
+    # out to a caller must be its own copy.
+    out = pb.RunSnapshot()
+    out.CopyFrom(snapshot)
+    return out
+
+
 async def start_run(
-    conn: AsyncConnection, spec: StartRunSpec, *, run_id: str, now: int, retention: LogRetention
+    batch: Batch, spec: StartRunSpec, *, run_id: str, now: int, retention: LogRetention
 ) -> Outcome:
     """Create a run, or return the existing one for a retried request.
 
@@ -267,13 +409,18 @@ async def start_run(
         RunAlreadyExistsError: ``run_id`` exists for another workflow.
     """
     if spec.idempotency_key:
-        existing = await sql_runs.run_id_for_idempotency_key(conn, spec.idempotency_key)
+        existing = batch.keys.get(spec.idempotency_key)
         if existing is not None:
-            snap = await sql_runs.get_snapshot(conn, existing)
-            return Outcome(value=(snap, False))
-    rows = await sql_runs.lock_runs(conn, [run_id])
-    if run_id in rows:
-        return _existing(rows[run_id], spec)
+            snap = await batch.snapshot_of(existing)
+            if snap is not None:
+                return Outcome(value=(_copy(snap), False))
+    row = batch.rows.get(run_id)
+    if row is not None:
+        if row.workflow_name != spec.workflow_name:
+            raise RunAlreadyExistsError(
+                f"run {row.run_id!r} already exists for workflow {row.workflow_name!r}"
+            )
+        return Outcome(value=(_copy(row.snapshot), False))
     event = _new_event(run_id, pb.EVENT_SOURCE_CLIENT, now)
     created = event.run_created
     created.workflow_name = spec.workflow_name
@@ -286,37 +433,17 @@ async def start_run(
     if spec.execution_timeout is not None:
         created.execution_timeout.CopyFrom(spec.execution_timeout)
     row = _new_row(event)
-    await _fold(conn, row, [event], retention)
-    if not await sql_runs.insert_run(conn, row, now):
-        # Another coordinator created it between our lookup and insert; its row is
-        # committed (ON CONFLICT waited for it), so read it back.
-        if spec.idempotency_key:
-            existing = await sql_runs.run_id_for_idempotency_key(conn, spec.idempotency_key)
-            if existing is not None:
-                snap = await sql_runs.get_snapshot(conn, existing)
-                return Outcome(value=(snap, False))
-        rows = await sql_runs.lock_runs(conn, [run_id])
-        if run_id in rows:
-            return _existing(rows[run_id], spec)
-        raise RunAlreadyExistsError(f"run {run_id!r} could not be created")
+    batch.create(row, now)
+    appended = batch.fold(row, [event], retention)
     return Outcome(
-        touched=[Touched(run_id, 1, row.last_seq, row.snapshot)],
+        appended=appended,
         ranges={run_id: (1, row.last_seq)},
-        value=(row.snapshot, True),
+        value=(_copy(row.snapshot), True),
     )
 
 
-def _existing(row: sql_runs.RunRow, spec: StartRunSpec) -> Outcome:
-    if row.workflow_name != spec.workflow_name:
-        raise RunAlreadyExistsError(
-            f"run {row.run_id!r} already exists for workflow {row.workflow_name!r}"
-        )
-    return Outcome(value=(row.snapshot, False))
-
-
-async def _locked_run(conn: AsyncConnection, run_id: str) -> sql_runs.RunRow:
-    rows = await sql_runs.lock_runs(conn, [run_id])
-    row = rows.get(run_id)
+def _open_row(batch: Batch, run_id: str) -> sql_runs.RunRow:
+    row = batch.rows.get(run_id)
     if row is None:
         raise RunNotFoundError(f"run {run_id!r} not found")
     return row
@@ -330,21 +457,20 @@ def _require_open(row: sql_runs.RunRow, action: str) -> None:
         )
 
 
-async def _append_one(
-    conn: AsyncConnection, row: sql_runs.RunRow, event: pb.LedgerEvent, retention: LogRetention
+def _append_one(
+    batch: Batch, row: sql_runs.RunRow, event: pb.LedgerEvent, retention: LogRetention
 ) -> Outcome:
     first = row.last_seq + 1
-    await _fold(conn, row, [event], retention)
-    await sql_runs.save_run(conn, row)
+    appended = batch.fold(row, [event], retention)
     return Outcome(
-        touched=[Touched(row.run_id, first, row.last_seq, row.snapshot)],
+        appended=appended,
         ranges={row.run_id: (first, row.last_seq)},
         value=row.last_seq,
     )
 
 
 async def cancel_run(
-    conn: AsyncConnection,
+    batch: Batch,
     run_id: str,
     *,
     reason: str,
@@ -358,20 +484,25 @@ async def cancel_run(
         RunNotFoundError: No such run.
         FailedPreconditionError: The run already finished.
     """
-    row = await _locked_run(conn, run_id)
+    row = _open_row(batch, run_id)
     # A retry of a cancel that succeeded is answered as such, even once the run ended.
     if row.snapshot.cancel_requested:
-        seq = await sql_events.first_event_seq(conn, run_id, "cancel_requested")
+        seq = await batch.first_event_seq(run_id, "cancel_requested")
         return Outcome(duplicate=True, value=seq or 0)
     _require_open(row, "cancel")
     event = _new_event(run_id, pb.EVENT_SOURCE_CLIENT, now)
     event.cancel_requested.reason = reason
     event.cancel_requested.identity = identity
-    return await _append_one(conn, row, event, retention)
+    return _append_one(batch, row, event, retention)
+
+
+def signal_key(request_id: str) -> str:
+    """Return the request-id key a SignalRun request id is remembered under."""
+    return f"signal:{request_id}" if request_id else ""
 
 
 async def signal_run(
-    conn: AsyncConnection,
+    batch: Batch,
     run_id: str,
     *,
     name: str,
@@ -387,11 +518,11 @@ async def signal_run(
         RunNotFoundError: No such run.
         FailedPreconditionError: The run already finished.
     """
-    row = await _locked_run(conn, run_id)
+    row = _open_row(batch, run_id)
     # A retry of a send that succeeded is answered as such, even once the run ended.
-    key = f"signal:{request_id}" if request_id else ""
+    key = signal_key(request_id)
     if key:
-        prior = await sql_events.find_request(conn, [run_id], key)
+        prior = batch.prior_request([run_id], key)
         if run_id in prior:
             return Outcome(duplicate=True, ranges=prior, value=prior[run_id][0])
     _require_open(row, "signal")
@@ -402,7 +533,7 @@ async def signal_run(
     signal.identity = identity
     if payload is not None:
         signal.payload.CopyFrom(payload)
-    outcome = await _append_one(conn, row, event, retention)
+    outcome = _append_one(batch, row, event, retention)
     if key:
-        await sql_events.record_request(conn, key, outcome.ranges)
+        batch.record_request(key, outcome.ranges)
     return outcome

@@ -1,15 +1,198 @@
-"""What differs between Postgres and SQLite in the statements the store builds."""
+"""What differs between Postgres and SQLite in the statements the store builds.
+
+A group commit's writes are described as :class:`Write` values (a table and its
+rows, column by column) and handed to :func:`write_all`:
+
+- On **Postgres** they become *one* statement: each write is a data-modifying
+  CTE whose rows travel as one array per column (``unnest``), and the NOTIFY of
+  the touched runs rides along. A statement per table — or worse, an
+  ``executemany``, which Postgres plans and runs once per row — made the round
+  trips, not the work, the cost of a commit.
+- On **SQLite** (in-process, no round trips) each write is an ``executemany``
+  of one plain SQL statement.
+
+Statements are built once per shape and cached: SQLAlchemy's dialect-specific
+insert (for ON CONFLICT) has no cache key, so it was compiled on every call.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import TextClause
 
 
 def insert_for(conn: AsyncConnection) -> Callable[[Table], Any]:
     """Return the dialect's ``insert`` (both have ``on_conflict_do_nothing/update``)."""
     return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Rows to write to one table, given column by column.
+
+    Attributes:
+        table: The table.
+        columns: Column name → one value per row (all lists the same length).
+        update: Insert, and on a primary-key conflict overwrite these columns.
+        returning: Insert, skip rows that conflict with any unique constraint, and
+            return this column of the rows inserted. With ``match``: return one
+            value per row updated.
+        match: Update instead of insert, each row where every (table column, value
+            column) pair is equal; value columns that are not table columns (say
+            ``expected_last_seq`` for ``last_seq``) only match and are not set.
+    """
+
+    table: Table
+    columns: dict[str, list[Any]]
+    update: tuple[str, ...] = ()
+    returning: str = ""
+    match: tuple[tuple[str, str], ...] = ()
+    shape: tuple[object, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        shape = (self.table, tuple(self.columns), self.update, self.returning, self.match)
+        object.__setattr__(self, "shape", shape)
+
+    @property
+    def rows(self) -> int:
+        """How many rows the write holds."""
+        return len(next(iter(self.columns.values()), []))
+
+
+# -- Postgres: one statement ------------------------------------------------------
+
+
+def _pg_type(table: Table, name: str) -> str:
+    return str(table.c[name].type.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
+
+
+def _set_columns(names: tuple[str, ...], match: tuple[tuple[str, str], ...]) -> list[str]:
+    matched = {value for _, value in match}
+    return [n for n in names if n not in matched]
+
+
+def _pg_sql(shape: tuple[Any, ...], prefix: str) -> str:
+    table, names, update, returning, match = shape
+    types = {value: column for column, value in match}
+    arrays = ", ".join(f"CAST(:{prefix}{n} AS {_pg_type(table, types.get(n, n))}[])" for n in names)
+    rows = f"SELECT * FROM unnest({arrays}) AS u({', '.join(names)})"
+    if match:
+        sets = ", ".join(f"{n} = u.{n}" for n in _set_columns(names, match))
+        where = " AND ".join(f"{table.name}.{c} = u.{v}" for c, v in match)
+        sql = f"UPDATE {table.name} SET {sets} FROM ({rows}) AS u WHERE {where}"
+        return sql + (f" RETURNING {table.name}.{returning}" if returning else "")
+    sql = f"INSERT INTO {table.name} ({', '.join(names)}) {rows}"
+    if update:
+        keys = ", ".join(c.name for c in table.primary_key.columns)
+        sets = ", ".join(f"{n} = EXCLUDED.{n}" for n in update)
+        sql += f" ON CONFLICT ({keys}) DO UPDATE SET {sets}"
+    elif returning:
+        sql += " ON CONFLICT DO NOTHING"
+    if returning:
+        sql += f" RETURNING {returning}"
+    return sql
+
+
+@cache
+def _pg_statement(shapes: tuple[tuple[Any, ...], ...], notify: bool) -> TextClause:
+    # Every data-modifying CTE runs whether or not it is referenced; the NOTIFY is a
+    # plain SELECT, so the final SELECT must reference it for it to run.
+    ctes = [f"w{i} AS ({_pg_sql(shape, f'w{i}_')})" for i, shape in enumerate(shapes)]
+    outputs = [
+        f"(SELECT array_agg({shape[3]}) FROM w{i})" for i, shape in enumerate(shapes) if shape[3]
+    ]
+    if notify:
+        ctes.append(
+            "notified AS (SELECT pg_notify(:notify_channel, p)"
+            " FROM unnest(CAST(:notify_payloads AS text[])) AS p)"
+        )
+        outputs.append("(SELECT count(*) FROM notified)")
+    return text(f"WITH {', '.join(ctes)} SELECT {', '.join(outputs) or '1'}")
+
+
+# -- SQLite: one executemany per write ----------------------------------------------
+
+
+@cache
+def _sqlite_statement(shape: tuple[Any, ...]) -> TextClause:
+    table, names, update, returning, match = shape
+    if match:
+        # No RETURNING: the caller counts updated rows by the cursor's rowcount.
+        sets = ", ".join(f"{n} = :{n}" for n in _set_columns(names, match))
+        where = " AND ".join(f"{c} = :{v}" for c, v in match)
+        return text(f"UPDATE {table.name} SET {sets} WHERE {where}")
+    values = ", ".join(f":{n}" for n in names)
+    sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({values})"
+    if update:
+        keys = ", ".join(c.name for c in table.primary_key.columns)
+        sets = ", ".join(f"{n} = excluded.{n}" for n in update)
+        sql += f" ON CONFLICT ({keys}) DO UPDATE SET {sets}"
+    elif returning:
+        sql += " ON CONFLICT DO NOTHING"
+    if returning:
+        sql += f" RETURNING {returning}"
+    return text(sql)
+
+
+def _rows(columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    names = list(columns)
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+async def write_all(
+    conn: AsyncConnection,
+    writes: Sequence[Write],
+    *,
+    notify: tuple[str, list[str]] | None = None,
+) -> list[list[Any]]:
+    """Perform ``writes`` in order, in the caller's transaction.
+
+    Args:
+        conn: The connection.
+        writes: The writes; empty ones are skipped.
+        notify: On Postgres, ``(channel, payloads)`` to NOTIFY at commit.
+
+    Returns:
+        For each of ``writes``, in order, the values its ``returning`` column returned
+        (empty for writes without one, or without rows).
+
+    Raises:
+        sqlalchemy.exc.IntegrityError: A write conflicted with a row it did not expect
+            (another coordinator got there first).
+    """
+    out: list[list[Any]] = [[] for _ in writes]
+    todo = [(i, w) for i, w in enumerate(writes) if w.rows]
+    if conn.dialect.name == "postgresql":
+        do_notify = notify is not None and bool(notify[1])
+        if not todo and not do_notify:
+            return out
+        params: dict[str, Any] = {}
+        for n, (_, w) in enumerate(todo):
+            params.update({f"w{n}_{name}": values for name, values in w.columns.items()})
+        if notify is not None and do_notify:
+            params["notify_channel"], params["notify_payloads"] = notify
+        statement = _pg_statement(tuple(w.shape for _, w in todo), do_notify)
+        result = (await conn.execute(statement, params)).one()
+        returning = [i for i, w in todo if w.returning]
+        for column, i in enumerate(returning):
+            out[i] = list(result[column] or [])
+        return out
+    for i, w in todo:
+        stmt = _sqlite_statement(w.shape)
+        if w.match and w.returning:
+            updated = (await conn.execute(stmt, _rows(w.columns))).rowcount
+            out[i] = [None] * updated
+        elif w.returning:
+            # One row at a time: SQLite's executemany cannot return rows.
+            for row in _rows(w.columns):
+                out[i].extend((await conn.execute(stmt, row)).scalars().all())
+        else:
+            await conn.execute(stmt, _rows(w.columns))
+    return out

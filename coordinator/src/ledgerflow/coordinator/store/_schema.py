@@ -50,10 +50,13 @@ runs = Table(
     # Unique among runs that have one (partial unique index below).
     Column("idempotency_key", Text, nullable=True),
     Column("parent_run_id", Text, nullable=True),
-    # Serialized RunSnapshot reflecting events 1..last_seq; a cache that a re-reduction
-    # of the events must reproduce byte for byte (`ledgerflow admin verify`).
+    # Serialized RunSnapshot reflecting events 1..last_seq, WITHOUT its `steps` map:
+    # each step is a row of run_steps, so an append rewrites the steps it touched,
+    # not every step of a long run. Head plus step rows is a cache that a
+    # re-reduction of the events must reproduce exactly (`ledgerflow admin verify`).
     Column("snapshot", LargeBinary, nullable=False),
-    # Serialized JournalSlice reflecting events 1..last_seq; same invariant.
+    # Serialized JournalSlice reflecting events 1..last_seq, without `step_results`
+    # and `pending_steps` (also rows of run_steps); same invariant.
     Column("journal", LargeBinary, nullable=False),
     # Log retention counters (ledgerflow.ledger.RunLogState): the last line seq handed
     # out, the stored lines and bytes, and whether the retention cap was crossed.
@@ -73,6 +76,23 @@ Index(
 # ListRuns pages newest first by (create_time, run_id).
 Index("ix_runs_create_time_run_id", runs.c.create_time, runs.c.run_id)
 Index("ix_runs_status_create_time", runs.c.status, runs.c.create_time)
+
+run_steps = Table(
+    "run_steps",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("step_id", Text, nullable=False),
+    # Serialized StepSnapshot: the run snapshot's `steps[step_id]`, as of the run's
+    # last_seq (rewritten in the same transaction as any event touching the step).
+    Column("snapshot", LargeBinary, nullable=True),
+    # Serialized StepJournalEntry: the journal's `step_results[step_id]`; NULL while
+    # the step has no final result.
+    Column("result", LargeBinary, nullable=True),
+    # Serialized PendingStep: the journal's `pending_steps[step_id]`; NULL once the
+    # step is final (or before it was scheduled or started).
+    Column("pending", LargeBinary, nullable=True),
+    PrimaryKeyConstraint("run_id", "step_id"),
+)
 
 events = Table(
     "events",
@@ -127,4 +147,12 @@ request_ids = Table(
     PrimaryKeyConstraint("run_id", "request_id"),
 )
 
-__all__ = ["events", "log_cursors", "log_lines", "metadata", "request_ids", "runs"]
+__all__ = [
+    "events",
+    "log_cursors",
+    "log_lines",
+    "metadata",
+    "request_ids",
+    "run_steps",
+    "runs",
+]

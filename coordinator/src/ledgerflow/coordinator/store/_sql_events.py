@@ -1,4 +1,4 @@
-"""Named queries on the ``events``, ``log_lines``, ``log_cursors`` and ``request_ids`` tables."""
+"""Queries and group-commit writes on events, log_lines, log_cursors and request_ids."""
 
 from __future__ import annotations
 
@@ -7,29 +7,28 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledgerflow.coordinator.store._dialect import insert_for
+from ledgerflow.coordinator.store._dialect import Write
 from ledgerflow.coordinator.store._schema import events, log_cursors, log_lines, request_ids
 from ledgerflow.ledger import StoredLine
 from ledgerflow.ledger._time import to_nanos
 from ledgerflow.v1 import ledger_pb2
 
 
-async def insert_events(conn: AsyncConnection, batch: Sequence[ledger_pb2.LedgerEvent]) -> None:
-    """Insert events whose seqs the caller assigned under the run's lock (one statement)."""
-    if not batch:
-        return
-    await conn.execute(
-        events.insert(),
-        [
-            {
-                "run_id": e.run_id,
-                "seq": e.seq,
-                "event_type": e.WhichOneof("payload") or "",
-                "event_time": to_nanos(e.event_time),
-                "data": e.SerializeToString(deterministic=True),
-            }
-            for e in batch
-        ],
+def insert_events(batch: Sequence[ledger_pb2.LedgerEvent]) -> Write:
+    """Insert events whose seqs the caller assigned under the runs' locks.
+
+    The primary key (run_id, seq) is the last line of defence for gapless seqs: an
+    append computed from a stale view of a run conflicts here and is redone.
+    """
+    return Write(
+        events,
+        {
+            "run_id": [e.run_id for e in batch],
+            "seq": [e.seq for e in batch],
+            "event_type": [e.WhichOneof("payload") or "" for e in batch],
+            "event_time": [to_nanos(e.event_time) for e in batch],
+            "data": [e.SerializeToString(deterministic=True) for e in batch],
+        },
     )
 
 
@@ -58,56 +57,46 @@ async def first_event_seq(conn: AsyncConnection, run_id: str, event_type: str) -
     ).scalar_one_or_none()
 
 
-async def load_cursors(
-    conn: AsyncConnection, run_id: str, channels: Sequence[str]
-) -> dict[str, int]:
-    """Return the ingestion cursors of a run's channels (absent channels start at 0)."""
-    if not channels:
+async def load_cursors(conn: AsyncConnection, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Return every channel cursor of each of ``run_ids`` (runs without one are absent)."""
+    if not run_ids:
         return {}
     rows = await conn.execute(
-        select(log_cursors.c.channel, log_cursors.c.next_offset).where(
-            log_cursors.c.run_id == run_id, log_cursors.c.channel.in_(set(channels))
+        select(log_cursors.c.run_id, log_cursors.c.channel, log_cursors.c.next_offset).where(
+            log_cursors.c.run_id.in_(set(run_ids))
         )
     )
-    return dict(rows.tuples().all())
+    out: dict[str, dict[str, int]] = {}
+    for run_id, channel, offset in rows:
+        out.setdefault(run_id, {})[channel] = offset
+    return out
 
 
-async def save_cursors(conn: AsyncConnection, run_id: str, cursors: dict[str, int]) -> None:
-    """Upsert a run's channel cursors (the caller holds the run's lock)."""
-    if not cursors:
-        return
-    # One cached statement run with many parameter sets: a multi-row VALUES clause
-    # would be compiled anew for every row count (it dominated the append profile).
-    insert = insert_for(conn)
-    stmt = insert(log_cursors)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[log_cursors.c.run_id, log_cursors.c.channel],
-        set_={"next_offset": stmt.excluded.next_offset},
+def save_cursors(cursors: dict[tuple[str, str], int]) -> Write:
+    """Upsert channel cursors keyed by (run id, channel); the caller holds the runs' locks."""
+    return Write(
+        log_cursors,
+        {
+            "run_id": [r for r, _ in cursors],
+            "channel": [c for _, c in cursors],
+            "next_offset": list(cursors.values()),
+        },
+        update=("next_offset",),
     )
-    await conn.execute(
-        stmt, [{"run_id": run_id, "channel": c, "next_offset": o} for c, o in cursors.items()]
-    )
 
 
-async def insert_log_lines(
-    conn: AsyncConnection, run_id: str, lines: Sequence[tuple[StoredLine, int]]
-) -> None:
-    """Insert stored log lines, each with its time, in one statement."""
-    if not lines:
-        return
-    await conn.execute(
-        log_lines.insert(),
-        [
-            {
-                "run_id": run_id,
-                "seq": line.seq,
-                "channel": line.channel,
-                "text": line.text,
-                "time": time,
-                "marker": line.marker,
-            }
-            for line, time in lines
-        ],
+def insert_log_lines(lines: Sequence[tuple[str, StoredLine, int]]) -> Write:
+    """Insert stored log lines, each as (run id, line, time)."""
+    return Write(
+        log_lines,
+        {
+            "run_id": [run_id for run_id, _, _ in lines],
+            "seq": [line.seq for _, line, _ in lines],
+            "channel": [line.channel for _, line, _ in lines],
+            "text": [line.text for _, line, _ in lines],
+            "time": [time for _, _, time in lines],
+            "marker": [line.marker for _, line, _ in lines],
+        },
     )
 
 
@@ -131,28 +120,39 @@ async def page_log_lines(
     return out
 
 
-async def find_request(
-    conn: AsyncConnection, run_ids: Sequence[str], request_id: str
-) -> dict[str, tuple[int, int]]:
-    """Return the (first_seq, last_seq) each run got from an earlier request with this id."""
+async def find_requests(
+    conn: AsyncConnection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """Return (first_seq, last_seq) for each (run id, request id) an earlier request used."""
+    if not keys:
+        return {}
+    wanted = set(keys)
     rows = await conn.execute(
-        select(request_ids.c.run_id, request_ids.c.first_seq, request_ids.c.last_seq).where(
-            request_ids.c.request_id == request_id, request_ids.c.run_id.in_(set(run_ids))
+        select(
+            request_ids.c.run_id,
+            request_ids.c.request_id,
+            request_ids.c.first_seq,
+            request_ids.c.last_seq,
+        ).where(
+            request_ids.c.run_id.in_({r for r, _ in wanted}),
+            request_ids.c.request_id.in_({q for _, q in wanted}),
         )
     )
-    return {run_id: (first, last) for run_id, first, last in rows}
+    return {
+        (run_id, request_id): (first, last)
+        for run_id, request_id, first, last in rows
+        if (run_id, request_id) in wanted
+    }
 
 
-async def record_request(
-    conn: AsyncConnection, request_id: str, ranges: dict[str, tuple[int, int]]
-) -> None:
-    """Remember what a request appended, so a resend is answered without a second append."""
-    if not ranges:
-        return
-    await conn.execute(
-        request_ids.insert(),
-        [
-            {"run_id": run_id, "request_id": request_id, "first_seq": first, "last_seq": last}
-            for run_id, (first, last) in ranges.items()
-        ],
+def record_requests(rows: Sequence[tuple[str, str, int, int]]) -> Write:
+    """Remember what requests appended, as (run id, request id, first seq, last seq)."""
+    return Write(
+        request_ids,
+        {
+            "run_id": [r[0] for r in rows],
+            "request_id": [r[1] for r in rows],
+            "first_seq": [r[2] for r in rows],
+            "last_seq": [r[3] for r in rows],
+        },
     )

@@ -2,11 +2,32 @@
 
 Writes are queued and a single writer task commits whatever is queued in one
 transaction (group commit): many concurrent AppendEvents, StartRun or SignalRun
-calls cost one fsync. Each request runs in its own savepoint, so a refused one
-(an unknown run, a finished run) is rolled back alone and the rest commit. A
-request's future is resolved only after the commit returns: nothing is
+calls cost one fsync **and the same few statements** as one call. For a group
+the writer
+
+1. locks every run the group names (one ``SELECT … FOR UPDATE`` in run-id order)
+   and loads the rows it has no current copy of, with their log cursors — or,
+   when it has a copy of every one and the group asks no lookups, reads nothing
+   and goes ahead optimistically (see :meth:`Store._load`);
+2. prefetches the request ids and idempotency keys the group asks about;
+3. runs each request against that working set (:class:`ops.Batch`) in Python —
+   a refused request is refused before it changes anything, so it leaves no
+   trace and needs no savepoint;
+4. writes the group's new runs, run rows, steps, events, log lines, cursors and
+   request ids (on Postgres in one statement, NOTIFY included), and commits.
+   A run row is written only if its stored ``last_seq`` is still the one the
+   group started from; if not (or if an insert conflicts), another coordinator
+   got there first: the transaction rolls back and the group is redone.
+
+A request's future is resolved only after the commit returns: nothing is
 acknowledged before it is durable. If the commit itself fails, every request in
 the group fails and none is acknowledged.
+
+The writer keeps the rows it committed in a bounded cache: the next group that
+touches a run finds its snapshot, journal and cursors already decoded. A cached
+row is only ever written back if the stored ``last_seq`` still equals its own —
+every write to a run bumps it, so a row another coordinator process changed is
+reloaded. A group that fails drops its rows.
 
 On Postgres every touched run is announced with ``NOTIFY ledgerflow_runs``
 inside the transaction (delivered at commit), so other coordinator processes
@@ -20,12 +41,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledgerflow.coordinator.store import (
@@ -37,6 +59,7 @@ from ledgerflow.coordinator.store import (
 from ledgerflow.coordinator.store import (
     _sql_runs as sql_runs,
 )
+from ledgerflow.coordinator.store._dialect import write_all
 from ledgerflow.coordinator.store._engine import READ_ONLY
 from ledgerflow.errors import LedgerflowError, RunNotFoundError
 from ledgerflow.ledger import LogRetention
@@ -49,16 +72,31 @@ _log = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "ledgerflow_runs"
 """The Postgres channel that announces committed changes: payload ``"<last_seq> <run_id>"``."""
 
-_Op = Callable[[AsyncConnection], Awaitable[ops.Outcome]]
+
+@dataclass(slots=True)
+class Touched:
+    """A run a commit changed, as handed to ``on_commit``.
+
+    Attributes:
+        run_id: The run.
+        last_seq: Its last committed seq.
+        snapshot: Its committed snapshot. The writer keeps changing this object
+            after the callback returns: copy it to keep it.
+    """
+
+    run_id: str
+    last_seq: int
+    snapshot: pb.RunSnapshot
 
 
-class _RefusedError(Exception):
-    """Rolls back a one-request transaction whose request was refused."""
+class _LostRaceError(Exception):
+    """Another coordinator wrote a row this group meant to create: redo the group."""
 
 
 @dataclass(slots=True)
 class _Pending:
-    op: _Op
+    needs: ops.Needs
+    op: ops.Op
     future: asyncio.Future[ops.Outcome]
 
 
@@ -75,7 +113,8 @@ class Store:
         *,
         retention: LogRetention | None = None,
         max_group: int = 512,
-        on_commit: Callable[[Sequence[ops.Touched]], None] | None = None,
+        cached_runs: int = 1024,
+        on_commit: Callable[[Sequence[Touched]], None] | None = None,
     ) -> None:
         """Create the store; call :meth:`start` before writing.
 
@@ -83,16 +122,21 @@ class Store:
             engine: The database (migrated).
             retention: The per-run log retention cap.
             max_group: The most requests committed in one transaction.
+            cached_runs: How many recently written runs the writer keeps decoded.
             on_commit: Called after each commit with the runs it changed.
         """
         self.engine = engine
         self.retention = retention or LogRetention()
         self._max_group = max_group
+        self._cached_runs = cached_runs
         self._on_commit = on_commit
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._postgres = engine.dialect.name == "postgresql"
         self._conn: AsyncConnection | None = None
+        self._cache: OrderedDict[str, sql_runs.RunRow] = OrderedDict()
+        self.writer_pids: set[int] = set()
+        """Postgres backend pids the writer committed from (its own NOTIFYs)."""
 
     async def start(self) -> None:
         """Start the writer task."""
@@ -111,11 +155,11 @@ class Store:
 
     # -- writes ------------------------------------------------------------
 
-    async def _submit(self, op: _Op) -> ops.Outcome:
+    async def _submit(self, needs: ops.Needs, op: ops.Op) -> ops.Outcome:
         if self._writer is None:
             raise RuntimeError("Store.start() was not called")
         future: asyncio.Future[ops.Outcome] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(op, future))
+        await self._queue.put(_Pending(needs, op, future))
         # Shielded: a caller that goes away must not cancel a write already queued,
         # it just stops waiting for the acknowledgement.
         return await asyncio.shield(future)
@@ -124,8 +168,12 @@ class Store:
         """Create a run (or return the existing one for a retry); see :func:`ops.start_run`."""
         run_id = spec.run_id or ops.new_run_id()
         now = _now()
+        keys = (spec.idempotency_key,) if spec.idempotency_key else ()
         outcome = await self._submit(
-            lambda conn: ops.start_run(conn, spec, run_id=run_id, now=now, retention=self.retention)
+            ops.Needs(run_ids=(run_id,), idempotency_keys=keys),
+            lambda batch: ops.start_run(
+                batch, spec, run_id=run_id, now=now, retention=self.retention
+            ),
         )
         return cast(tuple[pb.RunSnapshot, bool], outcome.value)
 
@@ -133,28 +181,44 @@ class Store:
         self, events: Sequence[pb.LedgerEvent], *, request_id: str = ""
     ) -> ops.Outcome:
         """Append validated events atomically; see :func:`ops.append_events`."""
+        run_ids = tuple(dict.fromkeys(e.run_id for e in events))
+        keys = tuple(
+            e.run_created.idempotency_key
+            for e in events
+            if e.HasField("run_created") and e.run_created.idempotency_key
+        )
         return await self._submit(
-            lambda conn: ops.append_events(
-                conn, events, request_id=request_id, retention=self.retention
-            )
+            ops.Needs(
+                run_ids=run_ids,
+                request_ids=tuple((r, request_id) for r in run_ids) if request_id else (),
+                idempotency_keys=keys,
+            ),
+            lambda batch: ops.append_events(
+                batch, events, request_id=request_id, retention=self.retention
+            ),
         )
 
     async def report_status(self, patch: rpb.StatusPatch, *, request_id: str = "") -> ops.Outcome:
         """Derive events from a status patch and append them; see :func:`ops.report_status`."""
         now = _now()
         return await self._submit(
-            lambda conn: ops.report_status(
-                conn, patch, request_id=request_id, now=now, retention=self.retention
-            )
+            ops.Needs(
+                run_ids=(patch.run_id,),
+                request_ids=((patch.run_id, request_id),) if request_id else (),
+            ),
+            lambda batch: ops.report_status(
+                batch, patch, request_id=request_id, now=now, retention=self.retention
+            ),
         )
 
     async def cancel_run(self, run_id: str, *, reason: str, identity: str) -> tuple[int, bool]:
         """Record a cancellation request; return (its seq, whether one existed already)."""
         now = _now()
         outcome = await self._submit(
-            lambda conn: ops.cancel_run(
-                conn, run_id, reason=reason, identity=identity, now=now, retention=self.retention
-            )
+            ops.Needs(run_ids=(run_id,)),
+            lambda batch: ops.cancel_run(
+                batch, run_id, reason=reason, identity=identity, now=now, retention=self.retention
+            ),
         )
         return cast(int, outcome.value), outcome.duplicate
 
@@ -169,9 +233,11 @@ class Store:
     ) -> tuple[int, bool]:
         """Append a signal to the run's inbox; return (its seq, whether it was a resend)."""
         now = _now()
+        key = ops.signal_key(request_id)
         outcome = await self._submit(
-            lambda conn: ops.signal_run(
-                conn,
+            ops.Needs(run_ids=(run_id,), request_ids=((run_id, key),) if key else ()),
+            lambda batch: ops.signal_run(
+                batch,
                 run_id,
                 name=name,
                 payload=payload,
@@ -179,7 +245,7 @@ class Store:
                 identity=identity,
                 now=now,
                 retention=self.retention,
-            )
+            ),
         )
         return cast(int, outcome.value), outcome.duplicate
 
@@ -208,42 +274,114 @@ class Store:
         # for every commit cost two round trips on the hot path.
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             self._conn = await self.engine.connect()
+            if self._postgres:
+                pid = await self._conn.scalar(text("SELECT pg_backend_pid()"))
+                await self._conn.rollback()
+                self.writer_pids.add(int(pid))
         return self._conn
+
+    async def _load(self, conn: AsyncConnection, needs: ops.Needs) -> ops.Batch:
+        """Load what the group needs; cached rows leave the cache while in use.
+
+        When every run the group names is cached and it asks no lookups, nothing is
+        read: the rows are used optimistically, and the flush writes a run only if
+        its stored ``last_seq`` is still the cached one (else the group is redone,
+        locking). Otherwise the group's runs are locked first and only the rows
+        whose ``last_seq`` moved are loaded.
+        """
+        cache = self._cache
+        if (
+            not needs.request_ids
+            and not needs.idempotency_keys
+            and all(run_id in cache for run_id in needs.run_ids)
+        ):
+            rows = {run_id: cache.pop(run_id) for run_id in needs.run_ids}
+            return ops.Batch(conn, rows, {}, {})
+        seqs = await sql_runs.lock_runs(conn, needs.run_ids)
+        rows = {}
+        misses: list[str] = []
+        for run_id, seq in seqs.items():
+            cached = cache.pop(run_id, None)
+            if cached is not None and cached.last_seq == seq:
+                rows[run_id] = cached
+            else:
+                misses.append(run_id)
+        if misses:
+            loaded = await sql_runs.load_runs(conn, misses)
+            cursors = await sql_events.load_cursors(conn, misses)
+            for run_id, row in loaded.items():
+                row.log.cursors = cursors.get(run_id, {})
+            rows.update(loaded)
+        requests = await sql_events.find_requests(conn, needs.request_ids)
+        keys = await sql_runs.run_ids_for_keys(conn, needs.idempotency_keys)
+        return ops.Batch(conn, rows, requests, keys)
+
+    async def _flush(self, conn: AsyncConnection, batch: ops.Batch) -> None:
+        """Write everything the group changed (on Postgres, in one statement)."""
+        new = [(batch.rows[run_id], created) for run_id, created in batch.new_runs.items()]
+        notify = None
+        if self._postgres:
+            payloads = [f"{batch.rows[r].last_seq} {r}" for r in batch.dirty]
+            notify = (NOTIFY_CHANNEL, payloads)
+        existing = [batch.rows[r] for r in batch.dirty if r not in batch.new_runs]
+        inserted, saved, *_ = await write_all(
+            conn,
+            [
+                sql_runs.insert_runs(new),
+                sql_runs.save_runs(existing, batch.loaded_seqs),
+                sql_runs.save_steps([sql_runs.step_row(batch.rows[r], s) for r, s in batch.steps]),
+                sql_events.insert_events(batch.events),
+                sql_events.insert_log_lines(batch.lines),
+                sql_events.save_cursors(batch.cursors),
+                sql_events.record_requests(batch.recorded),
+            ],
+            notify=notify,
+        )
+        if len(inserted) != len(new) or len(saved) != len(existing):
+            raise _LostRaceError
 
     async def _run_group(
         self, conn: AsyncConnection, group: list[_Pending]
-    ) -> list[ops.Outcome | LedgerflowError]:
+    ) -> tuple[list[ops.Outcome | LedgerflowError], ops.Batch]:
+        needs = ops.Needs(
+            run_ids=tuple(dict.fromkeys(r for p in group for r in p.needs.run_ids)),
+            request_ids=tuple(dict.fromkeys(k for p in group for k in p.needs.request_ids)),
+            idempotency_keys=tuple(
+                dict.fromkeys(k for p in group for k in p.needs.idempotency_keys)
+            ),
+        )
         results: list[ops.Outcome | LedgerflowError] = []
-        try:
-            async with conn.begin():
-                if len(group) == 1:
-                    # Alone in its transaction a request needs no savepoint: a refusal
-                    # rolls back the whole (one-request) transaction.
-                    try:
-                        results.append(await group[0].op(conn))
-                    except LedgerflowError as err:
-                        results.append(err)
-                        raise _RefusedError from err
-                else:
-                    for pending in group:
-                        try:
-                            async with conn.begin_nested():
-                                results.append(await pending.op(conn))
-                        except LedgerflowError as err:
-                            results.append(err)
-                if self._postgres:
-                    await self._notify(conn, results)
-        except _RefusedError:
-            pass
-        return results
+        async with conn.begin():
+            batch = await self._load(conn, needs)
+            for pending in group:
+                before = batch.changes()
+                try:
+                    results.append(await pending.op(batch))
+                except LedgerflowError as err:
+                    if batch.changes() != before:
+                        # A refusal must come before any change (see ops); one that did
+                        # not would leave half a request behind, so nothing commits.
+                        raise RuntimeError("a refused request changed the batch") from err
+                    results.append(err)
+            await self._flush(conn, batch)
+        return results, batch
 
     async def _commit(self, group: list[_Pending]) -> None:
         results: list[ops.Outcome | LedgerflowError] = []
+        batch: ops.Batch | None = None
         for attempt in range(3):
             try:
                 conn = await self._writer_connection()
-                results = await self._run_group(conn, group)
+                results, batch = await self._run_group(conn, group)
                 break
+            except (_LostRaceError, IntegrityError):
+                # Another coordinator created a run (or appended to one) this group
+                # meant to write; its rows are committed now (the conflict waited for
+                # them), so the next attempt locks and loads them like any other.
+                if attempt < 2:
+                    continue
+                self._fail(group, RuntimeError("run creation kept conflicting"))
+                return
             except DBAPIError as err:
                 if self._conn is not None:
                     with contextlib.suppress(Exception):
@@ -261,16 +399,22 @@ class Store:
                 _log.exception("commit failed")
                 self._fail(group, err)
                 return
-        touched: list[ops.Touched] = []
+        assert batch is not None
+        for run_id, row in batch.rows.items():
+            self._cache[run_id] = row
+        while len(self._cache) > self._cached_runs:
+            self._cache.popitem(last=False)
         for pending, result in zip(group, results, strict=True):
+            if pending.future.done():
+                continue
             if isinstance(result, LedgerflowError):
-                if not pending.future.done():
-                    pending.future.set_exception(result)
+                pending.future.set_exception(result)
             else:
-                touched.extend(result.touched)
-                if not pending.future.done():
-                    pending.future.set_result(result)
-        if touched and self._on_commit is not None:
+                pending.future.set_result(result)
+        if batch.dirty and self._on_commit is not None:
+            touched = [
+                Touched(r, batch.rows[r].last_seq, batch.rows[r].snapshot) for r in batch.dirty
+            ]
             try:
                 self._on_commit(touched)
             except Exception:
@@ -283,19 +427,6 @@ class Store:
         for pending in group:
             if not pending.future.done():
                 pending.future.set_exception(err)
-
-    @staticmethod
-    async def _notify(conn: AsyncConnection, results: list[ops.Outcome | LedgerflowError]) -> None:
-        last: dict[str, int] = {}
-        for result in results:
-            if isinstance(result, ops.Outcome):
-                for t in result.touched:
-                    last[t.run_id] = max(last.get(t.run_id, 0), t.last_seq)
-        for run_id, seq in last.items():
-            await conn.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": NOTIFY_CHANNEL, "payload": f"{seq} {run_id}"},
-            )
 
     # -- reads -------------------------------------------------------------
 

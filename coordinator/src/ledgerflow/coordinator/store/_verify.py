@@ -1,7 +1,8 @@
 """``ledgerflow admin verify``: snapshots and journals are caches; check them against the ledger.
 
 Each run's events are re-reduced from empty; the stored snapshot and journal
-must equal the result byte for byte (deterministic serialization), and the
+(the run row's head put back together with its step rows) must equal the
+result byte for byte (deterministic serialization), and the
 stored ``last_seq`` must be the ledger's length with no gap. Reading a run
 happens in one read transaction, so a run being appended to is seen either
 before or after an append, never half-way.
@@ -12,12 +13,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledgerflow.coordinator.store._engine import READ_ONLY
 from ledgerflow.coordinator.store._schema import events, runs
+from ledgerflow.coordinator.store._sql_runs import load_runs
 from ledgerflow.ledger import (
     apply_event,
     apply_journal_event,
@@ -42,15 +44,12 @@ class Mismatch:
     detail: str
 
 
-def _difference(fresh: Message, stored: bytes) -> str | None:
+def _difference(fresh: Message, stored: Message) -> str | None:
     """Describe how ``stored`` differs from ``fresh`` (by top-level field), or None if equal."""
-    if fresh.SerializeToString(deterministic=True) == stored:
+    if fresh.SerializeToString(deterministic=True) == stored.SerializeToString(deterministic=True):
         return None
-    decoded = type(fresh).FromString(stored)
     fields = sorted(
-        f.name
-        for f in fresh.DESCRIPTOR.fields
-        if getattr(decoded, f.name) != getattr(fresh, f.name)
+        f.name for f in fresh.DESCRIPTOR.fields if getattr(stored, f.name) != getattr(fresh, f.name)
     )
     return "differs in " + ", ".join(fields or ["encoding"])
 
@@ -100,13 +99,12 @@ async def verify(
     async for run_id in _run_ids(engine, run_ids):
         async with engine.connect() as conn:
             await conn.execution_options(**{READ_ONLY: True})
-            row = (
-                await conn.execute(
-                    select(runs.c.last_seq, runs.c.snapshot, runs.c.journal).where(
-                        runs.c.run_id == run_id
-                    )
-                )
-            ).first()
+            try:
+                row = (await load_runs(conn, [run_id])).get(run_id)
+            except DecodeError as err:
+                found.append(Mismatch(run_id, "snapshot", f"stored state does not decode: {err}"))
+                checked += 1
+                continue
             if row is None:
                 found.append(Mismatch(run_id, "run", "no such run"))
                 continue
