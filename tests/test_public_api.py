@@ -14,9 +14,13 @@ PUBLIC = {
         "InvalidArgumentError",
         "InvalidEventError",
         "LedgerflowError",
+        "NonDeterminismError",
         "PayloadTooLargeError",
         "RunAlreadyExistsError",
         "RunNotFoundError",
+        "StepFailedError",
+        "WorkflowNotFoundError",
+        "WorkflowUsageError",
     ],
     "ledgerflow.cli": ["main"],
     "ledgerflow.ledger": [
@@ -53,6 +57,24 @@ PUBLIC = {
         "slice_positional_log_lines",
         "validate_event",
     ],
+    "ledgerflow.workflow": [
+        "WORKFLOW_LOG_CHANNEL",
+        "BatchingSink",
+        "CancelledSignal",
+        "CompensateRequestedSignal",
+        "Context",
+        "ControlFlowSignal",
+        "EventSink",
+        "NonDeterminismError",
+        "Registry",
+        "RetryPolicy",
+        "StepFailedError",
+        "WorkflowContext",
+        "WorkflowDefinition",
+        "WorkflowExecution",
+        "defn",
+        "execute",
+    ],
 }
 
 
@@ -87,3 +109,24 @@ def test_ledger_core_imports_no_io_library() -> None:
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
+
+
+def test_workflow_engine_imports_no_io_library() -> None:
+    """The engine talks to the outside only through the sink the worker provides."""
+    import ast
+    from pathlib import Path
+
+    root = Path(importlib.import_module("ledgerflow.workflow").__file__ or "").parent
+    forbidden = {"grpc", "sqlalchemy", "socket", "subprocess", "os", "io", "pathlib"}
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
+                assert not name.startswith("ledgerflow.coordinator"), path.name
+                assert not name.startswith("ledgerflow.client"), path.name

@@ -5,10 +5,21 @@ can catch ledgerflow's failures without catching their own. The coordinator's
 store raises these domain errors where the condition is detected; only its gRPC
 edge turns them into status codes, and the client turns status codes back into
 them (see :data:`STATUS_CODE_NAMES`). Control flow inside workflow bodies
-(waitpoints, cancellation) is not an error and does not live here.
+(waitpoints, cancellation) is not an error and does not live here: those signals
+derive from ``BaseException`` and live in :mod:`ledgerflow.workflow`.
+
+The workflow errors (:class:`NonDeterminismError`, :class:`StepFailedError`,
+:class:`WorkflowNotFoundError`, :class:`WorkflowUsageError`) are raised inside a
+worker and never travel as a status code, so they have no entry in
+:data:`STATUS_CODE_NAMES`.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ledgerflow.v1 import common_pb2
 
 
 class LedgerflowError(Exception):
@@ -59,6 +70,81 @@ class CoordinatorUnavailableError(LedgerflowError, ConnectionError):
     """The coordinator could not be reached or did not answer in time."""
 
 
+class NonDeterminismError(LedgerflowError):
+    """Replay found the body and the run's ledger disagree.
+
+    Raised when the body issues a different step at an ordinal than the ledger
+    recorded, no longer issues a step the ledger recorded, or a recorded output no
+    longer decodes as the step's return type. It fails the workflow *task*, not the
+    run: the worker hands the task back and a fixed deployment can continue the run
+    from its ledger (Temporal fails the workflow task the same way).
+
+    Attributes:
+        ordinal: The step call's position in the body (from 1), 0 when not about one call.
+        step_id: The step id the body issued, empty when none.
+        recorded_step_id: The step id the ledger recorded at that position, empty when none.
+    """
+
+    def __init__(
+        self, message: str, *, ordinal: int = 0, step_id: str = "", recorded_step_id: str = ""
+    ) -> None:
+        """Create the error.
+
+        Args:
+            message: What disagrees, naming the steps involved.
+            ordinal: The step call's position in the body, 0 when not about one call.
+            step_id: The step id the body issued.
+            recorded_step_id: The step id the ledger recorded at that position.
+        """
+        super().__init__(message)
+        self.ordinal = ordinal
+        self.step_id = step_id
+        self.recorded_step_id = recorded_step_id
+
+
+class StepFailedError(LedgerflowError):
+    """A workflow step failed for good (no retry left); raised by ``await ctx.step(...)``.
+
+    The same error is raised live and on replay, built from the recorded
+    ``ErrorInfo`` (on replay the original exception no longer exists), so a body
+    that handles it behaves identically both times. Inspect ``error_type`` rather
+    than the exception class of the original failure.
+
+    Attributes:
+        step_id: The step that failed.
+        error: The recorded error: type, message, code, stack trace, cause.
+        error_type: Shortcut for ``error.type``, e.g. ``"ValueError"`` or ``"TimeoutError"``.
+        attempt: The attempt that failed last.
+    """
+
+    def __init__(self, step_id: str, error: common_pb2.ErrorInfo, *, attempt: int = 0) -> None:
+        """Create the error.
+
+        Args:
+            step_id: The step that failed.
+            error: The step's final error as the ledger records it.
+            attempt: The attempt that failed last.
+        """
+        detail = f"{error.type}: {error.message}" if error.type else error.message
+        super().__init__(f"step {step_id!r} failed: {detail}")
+        self.step_id = step_id
+        self.error = error
+        self.error_type = error.type
+        self.attempt = attempt
+
+
+class WorkflowNotFoundError(LedgerflowError, LookupError):
+    """No registered workflow has the given name (and version)."""
+
+
+class WorkflowUsageError(LedgerflowError, RuntimeError):
+    """Workflow code used the API in a way it does not support.
+
+    For example a step started inside another step, ``ctx.random()`` inside a
+    step function, or a workflow body that is not an ``async def``.
+    """
+
+
 STATUS_CODE_NAMES: dict[type[LedgerflowError], str] = {
     InvalidArgumentError: "INVALID_ARGUMENT",
     RunNotFoundError: "NOT_FOUND",
@@ -77,7 +163,11 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidEventError",
     "LedgerflowError",
+    "NonDeterminismError",
     "PayloadTooLargeError",
     "RunAlreadyExistsError",
     "RunNotFoundError",
+    "StepFailedError",
+    "WorkflowNotFoundError",
+    "WorkflowUsageError",
 ]

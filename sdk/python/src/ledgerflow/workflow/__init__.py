@@ -1,0 +1,38 @@
+"""Write durable workflows: bodies, steps, the deterministic ``ctx``, and the engine.
+
+Authors use :func:`defn`, :class:`Context` (``ctx``), :class:`RetryPolicy` and the
+errors and signals below. Workers use :class:`Registry`, :class:`WorkflowExecution`
+(or :func:`execute`) and provide an :class:`EventSink`. The engine performs no
+I/O; see ``docs/workflows.md`` for the replay and compensation semantics.
+"""
+
+from ledgerflow.errors import NonDeterminismError, StepFailedError
+from ledgerflow.workflow._context import Context, WorkflowContext
+from ledgerflow.workflow._definition import Registry, WorkflowDefinition, defn
+from ledgerflow.workflow._execution import WORKFLOW_LOG_CHANNEL, WorkflowExecution, execute
+from ledgerflow.workflow._retry import RetryPolicy
+from ledgerflow.workflow._signals import (
+    CancelledSignal,
+    CompensateRequestedSignal,
+    ControlFlowSignal,
+)
+from ledgerflow.workflow._sink import BatchingSink, EventSink
+
+__all__ = [
+    "WORKFLOW_LOG_CHANNEL",
+    "BatchingSink",
+    "CancelledSignal",
+    "CompensateRequestedSignal",
+    "Context",
+    "ControlFlowSignal",
+    "EventSink",
+    "NonDeterminismError",
+    "Registry",
+    "RetryPolicy",
+    "StepFailedError",
+    "WorkflowContext",
+    "WorkflowDefinition",
+    "WorkflowExecution",
+    "defn",
+    "execute",
+]

@@ -1,0 +1,395 @@
+"""``ctx``: everything a workflow body may touch, deterministic on replay.
+
+A thin facade over the running :class:`~ledgerflow.workflow.WorkflowExecution`:
+the body reaches time, randomness, ids, steps, logs, progress, checkpoints and
+metadata only through it (STYLE §2).
+
+Inside a step or compensation function, ``ctx.log``, ``ctx.progress``,
+``ctx.checkpoint`` and ``ctx.metadata`` writes are allowed (also from the thread
+a sync step runs in); they are sent at once, on the step's own log channel, and
+happen again if the step runs again. ``ctx.step``, ``ctx.random``,
+``ctx.uuid4`` and ``ctx.compensate`` belong to the body only: a step function
+does not run on replay, so drawing from the run's random stream there would
+shift every later draw of the body.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, TypeVarTuple, overload
+
+from google.protobuf import json_format
+
+from ledgerflow.v1 import ledger_pb2 as pb
+from ledgerflow.workflow._retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from ledgerflow.workflow._execution import WorkflowExecution
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+MetadataTargetName = Literal["self", "parent", "root"]
+"""Whose metadata a mutation changes: the run itself, its parent run, or its root run."""
+CheckpointKind = Literal["summary", "log_tail", "git_diff", "custom"]
+"""The kind of a checkpoint (``CheckpointType`` in the protos)."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TARGETS: dict[str, pb.MetadataTarget.ValueType] = {
+    "self": pb.METADATA_TARGET_SELF,
+    "parent": pb.METADATA_TARGET_PARENT,
+    "root": pb.METADATA_TARGET_ROOT,
+}
+_CHECKPOINT_KINDS: dict[str, pb.CheckpointType.ValueType] = {
+    "summary": pb.CHECKPOINT_TYPE_SUMMARY,
+    "log_tail": pb.CHECKPOINT_TYPE_LOG_TAIL,
+    "git_diff": pb.CHECKPOINT_TYPE_GIT_DIFF,
+    "custom": pb.CHECKPOINT_TYPE_CUSTOM,
+}
+
+
+class WorkflowLog:
+    """``ctx.log``: lines for the run's log, formatted ``[level] message``.
+
+    In the body, lines go to the ``workflow`` channel with positional offsets, so
+    the lines a replay emits again are dropped by ingestion and every line is
+    stored exactly once. In a step function they go to ``step:<step id>``.
+    A multi-line message becomes one line per line. ``%``-style ``args`` are
+    applied as by :mod:`logging`.
+    """
+
+    __slots__ = ("_ex",)
+
+    def __init__(self, execution: WorkflowExecution) -> None:
+        self._ex = execution
+
+    def info(self, message: str, *args: object) -> None:
+        """Log at level info.
+
+        Args:
+            message: The message, ``%``-formatted with ``args`` when given.
+            *args: Formatting arguments.
+        """
+        self._ex._log("info", message % args if args else message)
+
+    def warn(self, message: str, *args: object) -> None:
+        """Log at level warn.
+
+        Args:
+            message: The message, ``%``-formatted with ``args`` when given.
+            *args: Formatting arguments.
+        """
+        self._ex._log("warn", message % args if args else message)
+
+    warning = warn
+
+    def error(self, message: str, *args: object) -> None:
+        """Log at level error.
+
+        Args:
+            message: The message, ``%``-formatted with ``args`` when given.
+            *args: Formatting arguments.
+        """
+        self._ex._log("error", message % args if args else message)
+
+
+class WorkflowMetadata:
+    """``ctx.metadata``: mutations of the run's metadata (``metadata_updated`` events).
+
+    Writes from the body are exactly once: they travel with the next step's
+    ``step_started`` (or in the task result after the last step), and a replay
+    does not send them again. Reads (``get``, ``[key]``, ``in``, ``to_dict``) see
+    the mutations *the body* made so far in this execution, targeting the run
+    itself, replayed deterministically; mutations made inside step functions are
+    recorded but not visible to reads, because they are not replayed. Numbers read
+    back as ``float`` (metadata values are ``google.protobuf.Value``).
+    """
+
+    __slots__ = ("_ex",)
+
+    def __init__(self, execution: WorkflowExecution) -> None:
+        self._ex = execution
+
+    def set(self, key: str, value: object, *, target: MetadataTargetName = "self") -> None:
+        """Set ``key`` to a JSON-compatible ``value``.
+
+        Args:
+            key: The key.
+            value: The value (JSON values, dataclasses and pydantic models convert).
+            target: Whose metadata changes.
+        """
+        self._ex._mutate(pb.METADATA_OP_SET, key, value, target)
+
+    def delete(self, key: str, *, target: MetadataTargetName = "self") -> None:
+        """Remove ``key`` (no-op when absent).
+
+        Args:
+            key: The key.
+            target: Whose metadata changes.
+        """
+        self._ex._mutate(pb.METADATA_OP_REMOVE, key, None, target)
+
+    def increment(self, key: str, by: float = 1, *, target: MetadataTargetName = "self") -> None:
+        """Add ``by`` to the number at ``key`` (a missing or non-numeric value counts as 0).
+
+        Args:
+            key: The key.
+            by: The amount.
+            target: Whose metadata changes.
+        """
+        self._ex._mutate(pb.METADATA_OP_INCREMENT, key, by, target)
+
+    def append(self, key: str, value: object, *, target: MetadataTargetName = "self") -> None:
+        """Append ``value`` to the list at ``key`` (missing starts a list, a scalar is wrapped).
+
+        Args:
+            key: The key.
+            value: The value.
+            target: Whose metadata changes.
+        """
+        self._ex._mutate(pb.METADATA_OP_APPEND, key, value, target)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return the value at ``key`` as the body's own mutations left it, else ``default``."""
+        value = self._ex._metadata_view.get(key)
+        return default if value is None else json_format.MessageToDict(value)
+
+    def __getitem__(self, key: str) -> Any:
+        """Return the value at ``key``; raise KeyError when absent."""
+        value = self._ex._metadata_view.get(key)
+        if value is None:
+            raise KeyError(key)
+        return json_format.MessageToDict(value)
+
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` is set."""
+        return key in self._ex._metadata_view
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return every key and value, as the body's own mutations left them."""
+        return {k: json_format.MessageToDict(v) for k, v in self._ex._metadata_view.items()}
+
+
+class WorkflowContext:
+    """``ctx``: the deterministic API of a workflow body.
+
+    Attributes:
+        log: Lines for the run's log (:class:`WorkflowLog`).
+        metadata: Mutations of the run's metadata (:class:`WorkflowMetadata`).
+    """
+
+    __slots__ = ("_ex", "log", "metadata")
+
+    def __init__(self, execution: WorkflowExecution) -> None:
+        self._ex = execution
+        self.log = WorkflowLog(execution)
+        self.metadata = WorkflowMetadata(execution)
+
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+        return self._ex.run_id
+
+    @property
+    def workflow_name(self) -> str:
+        """The workflow's registered name."""
+        return self._ex._definition.name
+
+    @property
+    def attempt(self) -> int:
+        """How many workflow tasks were dispatched for this run, this one included (from 1)."""
+        return max(1, self._ex._task.invocation)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether cancellation was requested (``CancelledSignal`` comes at the next live step)."""
+        return self._ex._cancel_requested
+
+    @property
+    def is_replaying(self) -> bool:
+        """Whether the journal still holds steps the body has not reached again."""
+        return bool(self._ex._unclaimed)
+
+    def now(self) -> datetime:
+        """Return the workflow's current time, identical on every replay.
+
+        It is the run's start time until the first step finishes, then the finish
+        time (as journaled) of the latest step the body has seen finish: the wall
+        clock when that step finished, recorded in its ``step_completed`` /
+        ``step_failed`` event.
+
+        Returns:
+            A timezone-aware UTC datetime (microsecond precision).
+        """
+        return _EPOCH + timedelta(microseconds=self._ex._now_ns // 1000)
+
+    def random(self) -> float:
+        """Return the next float in [0, 1) of the run's deterministic stream.
+
+        Mulberry32 seeded by FNV-1a-32 of the run id, shared with :meth:`uuid4`,
+        bit-exact with every ledgerflow SDK (``tests/vectors/determinism.json``).
+
+        Raises:
+            WorkflowUsageError: If called inside a step or compensation function.
+        """
+        self._ex._check_body_call("ctx.random()")
+        return self._ex._random.random()
+
+    def uuid4(self) -> uuid.UUID:
+        """Return the next deterministic version-4-shaped UUID (16 draws of the stream).
+
+        Raises:
+            WorkflowUsageError: If called inside a step or compensation function.
+        """
+        self._ex._check_body_call("ctx.uuid4()")
+        return uuid.UUID(self._ex._random.uuid4())
+
+    @overload
+    def step(
+        self,
+        name: str,
+        fn: Callable[[*Ts], Awaitable[T]],
+        /,
+        *args: *Ts,
+        compensate: Callable[[T], object] | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | timedelta | None = None,
+    ) -> Awaitable[T]: ...
+    @overload
+    def step(
+        self,
+        name: str,
+        fn: Callable[[*Ts], T],
+        /,
+        *args: *Ts,
+        compensate: Callable[[T], object] | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | timedelta | None = None,
+    ) -> Awaitable[T]: ...
+    def step(
+        self,
+        name: str,
+        fn: Callable[[*Ts], Any],
+        /,
+        *args: *Ts,
+        compensate: Callable[[Any], object] | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | timedelta | None = None,
+    ) -> Awaitable[Any]:
+        """Run ``fn(*args)`` as a durable step, or return its journaled result on replay.
+
+        The step's position is claimed when ``ctx.step`` is *called* (not when it
+        is awaited), so ``asyncio.gather(ctx.step(...), ctx.step(...))`` numbers
+        its steps in argument order on every execution. The step id is ``name``,
+        with ``#2``, ``#3``, ... for later calls with the same name.
+
+        A live step sends ``step_started``, runs ``fn`` (a sync function in a
+        thread), then sends ``step_completed`` or ``step_failed``; the await returns
+        only once that result is committed. The output makes a JSON round trip typed
+        by ``fn``'s return annotation, live as on replay.
+
+        Args:
+            name: The step's name; must not contain ``#``.
+            fn: A sync or async function.
+            *args: Its positional arguments (they are not recorded).
+            compensate: Called with the step's output, LIFO, if the run later fails,
+                is cancelled or calls ``ctx.compensate()``; sync or async.
+            retry: The retry policy; one attempt when None.
+            timeout: Limit of one attempt, in seconds; a timeout is a failure of
+                type ``TimeoutError`` (code ``STEP_TIMEOUT``), retried per policy.
+
+        Returns:
+            An awaitable of the step's output.
+
+        Raises:
+            StepFailedError: (when awaited) The step failed for good.
+            NonDeterminismError: The ledger recorded a different step at this position.
+            CancelledSignal: (when awaited) The run is being cancelled.
+            WorkflowUsageError: Called inside a step function or off the event loop.
+            InvalidArgumentError: The name is empty, contains ``#`` or is too long.
+        """
+        return self._ex._step(
+            name, fn, args, compensate, retry, _seconds(timeout) if timeout is not None else None
+        )
+
+    def progress(
+        self,
+        step: str | None = None,
+        *,
+        completed: int | None = None,
+        total: int | None = None,
+        failed: int | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Record progress counters of ``step`` (a ``step_progress`` event; fields merge).
+
+        ``step`` may name any unit of work, not only a ``ctx.step``; the snapshot
+        infers completion once ``completed >= total > 0``.
+
+        Args:
+            step: The step id; defaults to the running step inside a step function.
+            completed: Units done.
+            total: Units expected.
+            failed: Units that failed.
+            message: A short status text.
+
+        Raises:
+            InvalidArgumentError: If no step is given outside a step function.
+        """
+        self._ex._progress(step, completed, total, failed, message)
+
+    def checkpoint(
+        self,
+        summary: str = "",
+        *,
+        step: str | None = None,
+        kind: CheckpointKind = "summary",
+        lines: Sequence[str] = (),
+        truncated: bool = False,
+        payload: object = None,
+    ) -> None:
+        """Record a checkpoint of a step (a ``checkpoint_recorded`` event).
+
+        Args:
+            summary: A one-line description.
+            step: The step id; defaults to the running step inside a step function,
+                else to the step the body called last.
+            kind: ``summary``, ``log_tail``, ``git_diff`` or ``custom``.
+            lines: Log lines of a ``log_tail`` checkpoint, oldest first.
+            truncated: Whether older lines existed beyond ``lines``.
+            payload: Kind-specific data, JSON-encoded.
+
+        Raises:
+            InvalidArgumentError: If there is no step to attach the checkpoint to.
+        """
+        self._ex._checkpoint(
+            summary, step, _CHECKPOINT_KINDS[kind], list(lines), truncated, payload
+        )
+
+    def compensate(self) -> NoReturn:
+        """Stop the body and run the compensations of its completed steps, LIFO.
+
+        The invocation ends ``compensated`` (or ``compensation_failed``).
+
+        Raises:
+            CompensateRequestedSignal: Always; let it propagate.
+        """
+        self._ex._request_compensation()
+
+
+Context = WorkflowContext
+"""Short alias: ``async def body(ctx: workflow.Context, order: Order)``."""
+
+
+def _seconds(timeout: float | timedelta) -> float:
+    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+    if seconds <= 0:
+        raise ValueError("timeout must be positive")
+    return seconds
+
+
+def metadata_target(name: MetadataTargetName) -> pb.MetadataTarget.ValueType:
+    """Return the proto value of a metadata target name."""
+    return _TARGETS[name]
