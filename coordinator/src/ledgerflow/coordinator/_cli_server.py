@@ -24,6 +24,8 @@ _ENV = {
     "log_max_bytes": "LEDGERFLOW_LOG_MAX_BYTES",
     "page_token_secret": "LEDGERFLOW_PAGE_TOKEN_SECRET",
     "shutdown_grace": "LEDGERFLOW_SHUTDOWN_GRACE",
+    "lease_seconds": "LEDGERFLOW_LEASE_SECONDS",
+    "heartbeat_seconds": "LEDGERFLOW_HEARTBEAT_SECONDS",
 }
 
 
@@ -64,6 +66,18 @@ def register(commands: Any) -> None:
         type=float,
         metavar="SECONDS",
         help="time in-flight calls get on shutdown (default 10)",
+    )
+    server.add_argument(
+        "--lease-seconds",
+        type=float,
+        metavar="SECONDS",
+        help="how long a worker holds a task without a heartbeat (default 10)",
+    )
+    server.add_argument(
+        "--heartbeat-seconds",
+        type=float,
+        metavar="SECONDS",
+        help="how often workers heartbeat (default 2; keep it well under the lease)",
     )
     server.set_defaults(handler=_server)
 
@@ -110,6 +124,7 @@ def _server(args: argparse.Namespace) -> int:
 
     from ledgerflow.coordinator._server import DEFAULT_LISTEN, ServerConfig, serve
     from ledgerflow.coordinator.api import Limits
+    from ledgerflow.coordinator.api._worker_service import LeaseConfig
     from ledgerflow.ledger import LogRetention
 
     listen = _setting(args, "listen") or DEFAULT_LISTEN
@@ -130,6 +145,10 @@ def _server(args: argparse.Namespace) -> int:
             max_bytes=int(_positive(args, "log_max_bytes", retention.max_bytes)),
         ),
         shutdown_grace=_positive(args, "shutdown_grace", 10.0),
+        leases=LeaseConfig(
+            lease_seconds=_positive(args, "lease_seconds", 10.0),
+            heartbeat_seconds=_positive(args, "heartbeat_seconds", 2.0),
+        ),
         **({"page_token_secret": secret.encode()} if secret else {}),
     )
     try:

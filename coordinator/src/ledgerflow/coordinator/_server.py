@@ -6,6 +6,7 @@ import asyncio
 import faulthandler
 import logging
 import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -14,11 +15,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ledgerflow.coordinator.api import DomainErrorInterceptor, Limits, PageTokens, RunService
+from ledgerflow.coordinator.api._worker_service import Dispatcher, LeaseConfig, WorkerService
 from ledgerflow.coordinator.fanout import Hub, PostgresListener, asyncpg_dsn
 from ledgerflow.coordinator.store import Store, Touched, create_engine, upgrade
 from ledgerflow.ledger import LogRetention
 from ledgerflow.v1 import ledger_pb2 as pb
-from ledgerflow.v1 import run_service_pb2, run_service_pb2_grpc
+from ledgerflow.v1 import (
+    run_service_pb2,
+    run_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -41,6 +48,7 @@ class ServerConfig:
         retention: Per-run log retention.
         page_token_secret: HMAC key for ListRuns page tokens; share it between replicas.
         shutdown_grace: Seconds in-flight RPCs get to finish on shutdown.
+        leases: Task lease and heartbeat timing.
     """
 
     listen: str = DEFAULT_LISTEN
@@ -49,6 +57,7 @@ class ServerConfig:
     retention: LogRetention = field(default_factory=LogRetention)
     page_token_secret: bytes = _DEFAULT_TOKEN_SECRET
     shutdown_grace: float = 10.0
+    leases: LeaseConfig = field(default_factory=LeaseConfig)
 
 
 class Coordinator:
@@ -63,6 +72,7 @@ class Coordinator:
         self._health = health.aio.HealthServicer()
         self._listener: PostgresListener | None = None
         self.store: Store | None = None
+        self.dispatcher: Dispatcher | None = None
 
     async def start(self) -> None:
         """Migrate the database, start the writer and fan-out, then serve."""
@@ -70,7 +80,11 @@ class Coordinator:
         await upgrade(engine)
         hub = self.hub
 
+        dispatcher_box: list[Dispatcher] = []
+
         def publish(touched: Sequence[Touched]) -> None:
+            if dispatcher_box:
+                dispatcher_box[0].on_commit(touched)
             for t in touched:
                 if hub.wants(t.run_id):
                     # The writer keeps changing its snapshot objects; subscribers
@@ -80,10 +94,16 @@ class Coordinator:
                     hub.publish(snapshot)
 
         self.store = Store(engine, retention=self.config.retention, on_commit=publish)
+        self.dispatcher = Dispatcher(self.store, self.config.leases)
+        dispatcher_box.append(self.dispatcher)
+        self.store.on_task_ready = self.dispatcher.wake
         await self.store.start()
         if engine.dialect.name == "postgresql":
             self._listener = PostgresListener(
-                asyncpg_dsn(engine.url.render_as_string(hide_password=False)), self.store, hub
+                asyncpg_dsn(engine.url.render_as_string(hide_password=False)),
+                self.store,
+                hub,
+                on_other_commit=self.dispatcher.wake,
             )
             await self._listener.start()
 
@@ -101,9 +121,13 @@ class Coordinator:
         run_service_pb2_grpc.add_RunServiceServicer_to_server(
             RunService(self.store, hub, PageTokens(self.config.page_token_secret), limits), server
         )
+        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
+            WorkerService(self.store, self.dispatcher, limits, self.config.leases), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         services = (
             run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
+            worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
@@ -113,6 +137,7 @@ class Coordinator:
             raise OSError(f"cannot listen on {self.config.listen}")
         await server.start()
         self._server = server
+        self.dispatcher.start()
         for name in ("", *services[:1]):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -120,12 +145,20 @@ class Coordinator:
         """Stop accepting RPCs, end streams cleanly, finish in-flight writes, close the database."""
         for name in ("", run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Workers are asked to finish or hand back their tasks within the grace period.
+        if self.dispatcher is not None:
+            self.dispatcher.drain(
+                "coordinator shutting down",
+                time.time_ns() + int(self.config.shutdown_grace * 1_000_000_000),
+            )
         # Streams end first (their handlers return), so the grace period is spent on
         # unary calls still writing, not on watchers that would never finish.
         self.hub.close()
         if self._server is not None:
             await self._server.stop(self.config.shutdown_grace)
             self._server = None
+        if self.dispatcher is not None:
+            await self.dispatcher.close()
         if self._listener is not None:
             await self._listener.close()
         if self.store is not None:

@@ -42,6 +42,43 @@ class Limits:
     max_page_size: int = 1_000
 
 
+def check_events(events: list[pb.LedgerEvent], limits: Limits) -> None:
+    """Check producer events before anything is appended; errors name the field.
+
+    Raises:
+        InvalidArgumentError: An event is malformed (the field is named).
+        PayloadTooLargeError: Too many events, or an event over the payload limit.
+    """
+    if not events:
+        raise InvalidArgumentError("events", "must not be empty")
+    if len(events) > limits.max_batch_events:
+        raise PayloadTooLargeError(
+            f"events: {len(events)} events exceed the limit of {limits.max_batch_events}"
+        )
+    for i, event in enumerate(events):
+        where = f"events[{i}]"
+        size = event.ByteSize()
+        if size > limits.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"{where}: {size} bytes exceeds the limit of {limits.max_payload_bytes}"
+            )
+        try:
+            validate_event(event)
+        except InvalidArgumentError as err:
+            raise InvalidArgumentError(f"{where}.{err.field}", err.problem) from err
+        if event.seq:
+            raise InvalidArgumentError(f"{where}.seq", "must be 0: the coordinator assigns seqs")
+        log = event.log_appended
+        if event.HasField("log_appended") and (
+            log.HasField("first_seq") or log.dropped_line_count or log.logs_truncated
+        ):
+            raise InvalidArgumentError(
+                f"{where}.log_appended",
+                "first_seq, dropped_line_count and logs_truncated "
+                "are set by ingestion, not by producers",
+            )
+
+
 def summary_of(snap: pb.RunSnapshot) -> rpb.RunSummary:
     """Return the list view of a snapshot."""
     out = rpb.RunSummary(
@@ -243,38 +280,6 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         response.events.extend(page)
         return response
 
-    def _check_events(self, events: list[pb.LedgerEvent]) -> None:
-        if not events:
-            raise InvalidArgumentError("events", "must not be empty")
-        if len(events) > self._limits.max_batch_events:
-            raise PayloadTooLargeError(
-                f"events: {len(events)} events exceed the limit of {self._limits.max_batch_events}"
-            )
-        for i, event in enumerate(events):
-            where = f"events[{i}]"
-            size = event.ByteSize()
-            if size > self._limits.max_payload_bytes:
-                raise PayloadTooLargeError(
-                    f"{where}: {size} bytes exceeds the limit of {self._limits.max_payload_bytes}"
-                )
-            try:
-                validate_event(event)
-            except InvalidArgumentError as err:
-                raise InvalidArgumentError(f"{where}.{err.field}", err.problem) from err
-            if event.seq:
-                raise InvalidArgumentError(
-                    f"{where}.seq", "must be 0: the coordinator assigns seqs"
-                )
-            log = event.log_appended
-            if event.HasField("log_appended") and (
-                log.HasField("first_seq") or log.dropped_line_count or log.logs_truncated
-            ):
-                raise InvalidArgumentError(
-                    f"{where}.log_appended",
-                    "first_seq, dropped_line_count and logs_truncated "
-                    "are set by ingestion, not by producers",
-                )
-
     async def AppendEvents(  # noqa: N802
         self,
         request: rpb.AppendEventsRequest,
@@ -284,7 +289,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         if request.batch_id:
             check_id(request.batch_id, "batch_id")
         events = list(request.events)
-        self._check_events(events)
+        check_events(events, self._limits)
         outcome = await self._store.append_events(
             events, request_id=f"batch:{request.batch_id}" if request.batch_id else ""
         )

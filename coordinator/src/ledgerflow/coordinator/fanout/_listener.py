@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from sqlalchemy.engine import make_url
 
@@ -32,11 +33,22 @@ def asyncpg_dsn(sqlalchemy_url: str) -> str:
 class PostgresListener:
     """Feeds the hub with commits made by any coordinator process on the same database."""
 
-    def __init__(self, dsn: str, store: Store, hub: Hub) -> None:
-        """Create the listener; call :meth:`start`."""
+    def __init__(
+        self, dsn: str, store: Store, hub: Hub, on_other_commit: Callable[[], None] | None = None
+    ) -> None:
+        """Create the listener; call :meth:`start`.
+
+        Args:
+            dsn: The database to listen on.
+            store: Where announced runs are read from.
+            hub: Where they are published.
+            on_other_commit: Called for every commit of another coordinator process
+                (the dispatcher looks for tasks it may have queued).
+        """
         self._dsn = dsn
         self._store = store
         self._hub = hub
+        self._on_other_commit = on_other_commit
         self._dirty: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -62,6 +74,8 @@ class PostgresListener:
     def _on_notify(self, _conn: object, pid: int, _channel: str, payload: object) -> None:
         if pid in self._store.writer_pids:
             return  # This process's own commit: the hub has it already.
+        if self._on_other_commit is not None:
+            self._on_other_commit()
         seq_text, _, run_id = str(payload).partition(" ")
         if not run_id or not self._hub.wants(run_id):
             return

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledgerflow.coordinator.store import _sql_events as sql_events
 from ledgerflow.coordinator.store import _sql_runs as sql_runs
+from ledgerflow.coordinator.store import _sql_tasks as sql_tasks
 from ledgerflow.errors import (
     FailedPreconditionError,
     RunAlreadyExistsError,
@@ -125,11 +126,14 @@ class Needs:
         run_ids: Runs whose rows are locked and loaded (existing or not).
         request_ids: (run id, request id) pairs whose earlier outcome is looked up.
         idempotency_keys: StartRun idempotency keys whose run is looked up.
+        tasks: Whether the tasks of ``run_ids`` are locked and loaded too.
     """
 
     run_ids: tuple[str, ...] = ()
     request_ids: tuple[tuple[str, str], ...] = ()
     idempotency_keys: tuple[str, ...] = ()
+    tasks: bool = False
+    """Lock and load the tasks of ``run_ids`` too."""
 
 
 class Batch:
@@ -145,10 +149,14 @@ class Batch:
         rows: dict[str, sql_runs.RunRow],
         requests: dict[tuple[str, str], tuple[int, int]],
         keys: dict[str, str],
+        tasks: dict[str, sql_tasks.TaskRow] | None = None,
     ) -> None:
         """Create a batch over rows the caller locked and lookups it prefetched."""
         self.conn = conn
         self.rows = rows
+        self.tasks = tasks if tasks is not None else {}
+        """Locked tasks by task id (only when some request of the group asked)."""
+        self.dirty_tasks: dict[str, None] = {}
         self.requests = requests
         self.keys = keys
         self.loaded_seqs = {run_id: row.last_seq for run_id, row in rows.items()}
@@ -173,6 +181,7 @@ class Batch:
             len(self.recorded),
             len(self.new_runs),
             len(self.dirty),
+            len(self.dirty_tasks),
         )
 
     # -- lookups -------------------------------------------------------------
@@ -211,6 +220,15 @@ class Batch:
         self.new_runs[row.run_id] = create_time
         if row.idempotency_key:
             self.keys[row.idempotency_key] = row.run_id
+
+    def save_task(self, task: sql_tasks.TaskRow) -> None:
+        """Add or change a task; it is written with the batch."""
+        self.tasks[task.task_id] = task
+        self.dirty_tasks[task.task_id] = None
+
+    def tasks_of(self, run_id: str) -> list[sql_tasks.TaskRow]:
+        """Return the batch's tasks of a run (all of them when the group asked for tasks)."""
+        return [t for t in self.tasks.values() if t.run_id == run_id]
 
     def record_request(self, request_id: str, ranges: dict[str, tuple[int, int]]) -> None:
         """Remember what a request appended, so a resend is answered without a second append."""
@@ -435,6 +453,9 @@ async def start_run(
     row = _new_row(event)
     batch.create(row, now)
     appended = batch.fold(row, [event], retention)
+    # StartRun means "run this workflow": the run waits for a worker in the queue
+    # named after its workflow.
+    batch.save_task(sql_tasks.new_workflow_task(run_id, spec.workflow_name, now))
     return Outcome(
         appended=appended,
         ranges={run_id: (1, row.last_seq)},
@@ -493,7 +514,23 @@ async def cancel_run(
     event = _new_event(run_id, pb.EVENT_SOURCE_CLIENT, now)
     event.cancel_requested.reason = reason
     event.cancel_requested.identity = identity
-    return _append_one(batch, row, event, retention)
+    outcome = _append_one(batch, row, event, retention)
+    _enqueue_if_idle(batch, row, now)
+    return outcome
+
+
+def _enqueue_if_idle(batch: Batch, row: sql_runs.RunRow, now: int) -> None:
+    """Give a run that workers ran, and that no task holds now, a workflow task.
+
+    A run cancelled while nobody runs it (waiting, or between tasks) must still be
+    replayed once, so its compensations run and it ends cancelled.
+    """
+    tasks = batch.tasks_of(row.run_id)
+    if not tasks or is_terminal(row.snapshot.status):
+        return  # Never run by workers (a producer's ledger), or already over.
+    if any(t.kind == sql_tasks.WORKFLOW_TASK and t.status != sql_tasks.DONE for t in tasks):
+        return
+    batch.save_task(sql_tasks.new_workflow_task(row.run_id, row.workflow_name, now))
 
 
 def signal_key(request_id: str) -> str:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
+    and_,
     text,
 )
 
@@ -94,6 +95,49 @@ run_steps = Table(
     PrimaryKeyConstraint("run_id", "step_id"),
 )
 
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    # Globally unique (a uuid4): workers name tasks by id alone.
+    Column("task_id", Text, nullable=False),
+    # TaskKind: 1 = workflow task (runs the body), 2 = step task (a remote step).
+    Column("kind", SmallInteger, nullable=False),
+    # What a worker must have registered to take it: the workflow name (workflow
+    # tasks) or the step kind (step tasks).
+    Column("queue", Text, nullable=False),
+    # TaskStatus: 1 = pending (dispatchable from available_time), 2 = leased (a
+    # worker holds it until lease_expire_time), 3 = done. A run has at most one
+    # workflow task that is not done (partial unique index below).
+    Column("status", SmallInteger, nullable=False),
+    # Grows by one at every dispatch. Events and results are accepted only under
+    # the task's current epoch while it is leased: that is the fencing.
+    Column("lease_epoch", BigInteger, nullable=False),
+    # Nanoseconds since the epoch; a pending task is not dispatched before it.
+    Column("available_time", BigInteger, nullable=False),
+    # Set while leased: when the lease ends unless a heartbeat extends it.
+    Column("lease_expire_time", BigInteger, nullable=True),
+    # The worker process and session holding the lease (while leased).
+    Column("worker_id", Text, nullable=True),
+    Column("session_id", Text, nullable=True),
+    # For workflow tasks: the run's workflow-task dispatch count at the last dispatch.
+    Column("invocation", BigInteger, nullable=False, server_default=text("0")),
+    Column("create_time", BigInteger, nullable=False),
+    PrimaryKeyConstraint("run_id", "task_id"),
+)
+Index("ix_tasks_task_id", tasks.c.task_id, unique=True)
+# Dispatch: the oldest available pending tasks of a queue.
+Index("ix_tasks_status_queue_available_time", tasks.c.status, tasks.c.queue, tasks.c.available_time)
+# Expiry sweep: leased tasks by expiry.
+Index("ix_tasks_status_lease_expire_time", tasks.c.status, tasks.c.lease_expire_time)
+Index(
+    "ix_tasks_open_workflow_task",
+    tasks.c.run_id,
+    unique=True,
+    postgresql_where=and_(tasks.c.kind == 1, tasks.c.status != 3),
+    sqlite_where=and_(tasks.c.kind == 1, tasks.c.status != 3),
+)
+
 events = Table(
     "events",
     metadata,
@@ -155,4 +199,5 @@ __all__ = [
     "request_ids",
     "run_steps",
     "runs",
+    "tasks",
 ]

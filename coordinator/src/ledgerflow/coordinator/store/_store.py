@@ -59,11 +59,13 @@ from ledgerflow.coordinator.store import (
 from ledgerflow.coordinator.store import (
     _sql_runs as sql_runs,
 )
+from ledgerflow.coordinator.store import _sql_tasks as sql_tasks
+from ledgerflow.coordinator.store import _tasks as task_ops
 from ledgerflow.coordinator.store._dialect import write_all
 from ledgerflow.coordinator.store._engine import READ_ONLY
 from ledgerflow.errors import LedgerflowError, RunNotFoundError
 from ledgerflow.ledger import LogRetention
-from ledgerflow.v1 import common_pb2
+from ledgerflow.v1 import common_pb2, workflow_pb2
 from ledgerflow.v1 import ledger_pb2 as pb
 from ledgerflow.v1 import run_service_pb2 as rpb
 
@@ -115,6 +117,7 @@ class Store:
         max_group: int = 512,
         cached_runs: int = 1024,
         on_commit: Callable[[Sequence[Touched]], None] | None = None,
+        on_task_ready: Callable[[], None] | None = None,
     ) -> None:
         """Create the store; call :meth:`start` before writing.
 
@@ -124,12 +127,14 @@ class Store:
             max_group: The most requests committed in one transaction.
             cached_runs: How many recently written runs the writer keeps decoded.
             on_commit: Called after each commit with the runs it changed.
+            on_task_ready: Called after a commit that made a task pending (to dispatch it).
         """
         self.engine = engine
         self.retention = retention or LogRetention()
         self._max_group = max_group
         self._cached_runs = cached_runs
         self._on_commit = on_commit
+        self.on_task_ready = on_task_ready
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._postgres = engine.dialect.name == "postgresql"
@@ -215,7 +220,7 @@ class Store:
         """Record a cancellation request; return (its seq, whether one existed already)."""
         now = _now()
         outcome = await self._submit(
-            ops.Needs(run_ids=(run_id,)),
+            ops.Needs(run_ids=(run_id,), tasks=True),
             lambda batch: ops.cancel_run(
                 batch, run_id, reason=reason, identity=identity, now=now, retention=self.retention
             ),
@@ -248,6 +253,121 @@ class Store:
             ),
         )
         return cast(int, outcome.value), outcome.duplicate
+
+    # -- tasks ---------------------------------------------------------------
+
+    async def claim_tasks(
+        self,
+        *,
+        queues: Sequence[str],
+        limit: int,
+        lease_nanos: int,
+        worker_id: str,
+        session_id: str,
+    ) -> list[sql_tasks.TaskRow]:
+        """Lease up to ``limit`` available workflow tasks of ``queues`` (committed on return).
+
+        The dispatch is not in the ledger yet: record it with :meth:`dispatch`. A
+        coordinator dying in between leaves a lease that simply expires.
+        """
+        async with self.engine.begin() as conn:
+            return await sql_tasks.claim(
+                conn,
+                queues=queues,
+                limit=limit,
+                now=_now(),
+                lease_nanos=lease_nanos,
+                worker_id=worker_id,
+                session_id=session_id,
+            )
+
+    async def expire_leases(self) -> list[str]:
+        """Make every task whose lease ended pending again; return their ids."""
+        async with self.engine.begin() as conn:
+            return await sql_tasks.expire_leases(conn, _now())
+
+    async def next_task_wakeup(self, queues: Sequence[str]) -> int | None:
+        """Return when a task of ``queues`` next becomes available or a lease next ends."""
+        async with self._read() as conn:
+            return await sql_tasks.next_wakeup(conn, queues)
+
+    async def find_task(self, task_id: str) -> sql_tasks.TaskRow | None:
+        """Return a task by id, as committed (for routing; decisions re-check under lock)."""
+        async with self._read() as conn:
+            return await sql_tasks.find_task(conn, task_id)
+
+    async def dispatch(
+        self, task: sql_tasks.TaskRow, runtime: pb.Runtime
+    ) -> task_ops.Dispatched | None:
+        """Record a claimed task's dispatch; return what to send (:func:`task_ops.dispatch`)."""
+        now = _now()
+        outcome = await self._submit(
+            ops.Needs(run_ids=(task.run_id,), tasks=True),
+            lambda batch: task_ops.dispatch(
+                batch, task.task_id, task.lease_epoch, runtime, now=now, retention=self.retention
+            ),
+        )
+        return cast(task_ops.Dispatched | None, outcome.value)
+
+    async def append_task_events(
+        self,
+        run_id: str,
+        task_id: str,
+        epoch: int,
+        batch_no: int,
+        events: Sequence[pb.LedgerEvent],
+    ) -> ops.Outcome:
+        """Append a worker's event batch under its lease; see :func:`task_ops.append_batch`."""
+        request_id = task_ops.batch_request_id(task_id, epoch, batch_no)
+        return await self._submit(
+            ops.Needs(run_ids=(run_id,), request_ids=((run_id, request_id),), tasks=True),
+            lambda batch: task_ops.append_batch(
+                batch, task_id, epoch, batch_no, events, retention=self.retention
+            ),
+        )
+
+    async def complete_task(
+        self, run_id: str, result: workflow_pb2.WorkflowTaskResult
+    ) -> ops.Outcome:
+        """Append a workflow result's facts and finish its task; see :func:`task_ops.complete`."""
+        now = _now()
+        return await self._submit(
+            ops.Needs(run_ids=(run_id,), tasks=True),
+            lambda batch: task_ops.complete(batch, result, now=now, retention=self.retention),
+        )
+
+    async def release_task(
+        self, run_id: str, task_id: str, epoch: int, *, delay_nanos: int = 0
+    ) -> None:
+        """Give a task back to the queue; see :func:`task_ops.release`."""
+        now = _now()
+        await self._submit(
+            ops.Needs(run_ids=(run_id,), tasks=True),
+            lambda batch: task_ops.release(batch, task_id, epoch, now=now, delay_nanos=delay_nanos),
+        )
+
+    async def heartbeat(
+        self,
+        held: Sequence[tuple[str, str, int]],
+        *,
+        lease_nanos: int,
+        session_id: str,
+        worker_id: str,
+    ) -> list[task_ops.LeaseState]:
+        """Extend the leases of ``held`` (run id, task id, epoch): :func:`task_ops.heartbeat`."""
+        now = _now()
+        outcome = await self._submit(
+            ops.Needs(run_ids=tuple(dict.fromkeys(r for r, _, _ in held)), tasks=True),
+            lambda batch: task_ops.heartbeat(
+                batch,
+                [(t, e) for _, t, e in held],
+                now=now,
+                lease_nanos=lease_nanos,
+                session_id=session_id,
+                worker_id=worker_id,
+            ),
+        )
+        return cast(list[task_ops.LeaseState], outcome.value)
 
     async def _write_loop(self) -> None:
         while True:
@@ -293,6 +413,7 @@ class Store:
         if (
             not needs.request_ids
             and not needs.idempotency_keys
+            and not needs.tasks
             and all(run_id in cache for run_id in needs.run_ids)
         ):
             rows = {run_id: cache.pop(run_id) for run_id in needs.run_ids}
@@ -314,7 +435,8 @@ class Store:
             rows.update(loaded)
         requests = await sql_events.find_requests(conn, needs.request_ids)
         keys = await sql_runs.run_ids_for_keys(conn, needs.idempotency_keys)
-        return ops.Batch(conn, rows, requests, keys)
+        tasks = await sql_tasks.lock_tasks(conn, needs.run_ids) if needs.tasks else {}
+        return ops.Batch(conn, rows, requests, keys, tasks)
 
     async def _flush(self, conn: AsyncConnection, batch: ops.Batch) -> None:
         """Write everything the group changed (on Postgres, in one statement)."""
@@ -334,6 +456,7 @@ class Store:
                 sql_events.insert_log_lines(batch.lines),
                 sql_events.save_cursors(batch.cursors),
                 sql_events.record_requests(batch.recorded),
+                sql_tasks.save_tasks([batch.tasks[t] for t in batch.dirty_tasks]),
             ],
             notify=notify,
         )
@@ -349,6 +472,7 @@ class Store:
             idempotency_keys=tuple(
                 dict.fromkeys(k for p in group for k in p.needs.idempotency_keys)
             ),
+            tasks=any(p.needs.tasks for p in group),
         )
         results: list[ops.Outcome | LedgerflowError] = []
         async with conn.begin():
@@ -411,6 +535,10 @@ class Store:
                 pending.future.set_exception(result)
             else:
                 pending.future.set_result(result)
+        if self.on_task_ready is not None and any(
+            batch.tasks[t].status == sql_tasks.PENDING for t in batch.dirty_tasks
+        ):
+            self.on_task_ready()
         if batch.dirty and self._on_commit is not None:
             touched = [
                 Touched(r, batch.rows[r].last_seq, batch.rows[r].snapshot) for r in batch.dirty

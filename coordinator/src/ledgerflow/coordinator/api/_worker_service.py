@@ -1,0 +1,502 @@
+"""WorkerService: one bidirectional stream per worker (docs/worker-protocol.md).
+
+A :class:`Session` is one connected worker: what it serves, how many tasks it
+may hold, the tasks it holds, and an outbox its stream drains. The
+:class:`Dispatcher` leases pending tasks to sessions with free capacity and
+records each dispatch in the ledger; it wakes when a commit here queued a task,
+when another coordinator committed anything (Postgres NOTIFY), when capacity
+frees up, and when the next task becomes available or lease ends.
+
+Requests on a stream are handled in the order received but not one at a time:
+each is submitted to the store's writer at once (the writer keeps submission
+order, so a task's batches are appended in order) and answered when committed,
+so a worker running many tasks gets them group-committed together.
+
+Choices where the issue is silent (also in docs/worker-protocol.md): a broken
+stream does not release its tasks — the worker may reconnect (to any
+coordinator) within the lease and claim them in ``hello.held_tasks``; a task
+whose lease expires is re-dispatched by whichever coordinator sweeps first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from ledgerflow.coordinator.api._run_service import Limits, check_events
+from ledgerflow.coordinator.store import Store, Touched
+from ledgerflow.coordinator.store._tasks import TaskRefusedError
+from ledgerflow.errors import InvalidArgumentError, LedgerflowError, PayloadTooLargeError
+from ledgerflow.ledger import check_id
+from ledgerflow.ledger._time import set_nanos
+from ledgerflow.v1 import ledger_pb2 as pb
+from ledgerflow.v1 import worker_service_pb2 as wpb
+from ledgerflow.v1 import worker_service_pb2_grpc, workflow_pb2
+
+_log = logging.getLogger(__name__)
+
+_Context = grpc.aio.ServicerContext
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseConfig:
+    """Lease timing handed to workers in ``welcome``.
+
+    Attributes:
+        lease_seconds: How long a lease lasts without a heartbeat.
+        heartbeat_seconds: How often workers heartbeat (well under the lease).
+    """
+
+    lease_seconds: float = 10.0
+    heartbeat_seconds: float = 2.0
+
+    @property
+    def lease_nanos(self) -> int:
+        """The lease length in nanoseconds."""
+        return int(self.lease_seconds * 1_000_000_000)
+
+
+@dataclass(slots=True)
+class Held:
+    """A task a session holds."""
+
+    run_id: str
+    epoch: int
+    cancel_sent: bool = False
+
+
+@dataclass(slots=True)
+class Session:
+    """One connected worker."""
+
+    session_id: str
+    worker_id: str
+    runtime: pb.Runtime
+    queues: tuple[str, ...]
+    capacity: int
+    held: dict[str, Held] = field(default_factory=dict)
+    outbox: asyncio.Queue[wpb.ConnectResponse | None] = field(default_factory=asyncio.Queue)
+    draining: bool = False
+
+    @property
+    def free(self) -> int:
+        """How many more tasks the session may take."""
+        return 0 if self.draining else max(0, self.capacity - len(self.held))
+
+    def send(self, message: wpb.ConnectResponse) -> None:
+        """Queue a message for the worker."""
+        self.outbox.put_nowait(message)
+
+    def reject(
+        self,
+        task_id: str,
+        epoch: int,
+        reason: wpb.TaskRejectReason.ValueType,
+        message: str,
+        batch_no: int = 0,
+    ) -> None:
+        """Tell the worker a batch, result or held task was refused."""
+        self.send(
+            wpb.ConnectResponse(
+                task_rejected=wpb.TaskRejected(
+                    task_id=task_id,
+                    lease_epoch=epoch,
+                    batch_no=batch_no,
+                    reason=reason,
+                    message=message,
+                )
+            )
+        )
+
+
+class Dispatcher:
+    """Leases pending tasks to this process's sessions; sweeps expired leases."""
+
+    def __init__(self, store: Store, leases: LeaseConfig) -> None:
+        """Create the dispatcher; call :meth:`start`."""
+        self._store = store
+        self._leases = leases
+        self.sessions: dict[str, Session] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        """Start dispatching."""
+        self._task = asyncio.create_task(self._loop(), name="ledgerflow-dispatcher")
+
+    async def close(self) -> None:
+        """Stop dispatching."""
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def wake(self) -> None:
+        """Look for work now (a task was queued, capacity freed, another process committed)."""
+        self._wake.set()
+
+    def drain(self, reason: str, deadline_nanos: int) -> None:
+        """Stop giving sessions work and ask every worker to finish or hand back its tasks."""
+        self._stopped = True
+        for session in self.sessions.values():
+            session.draining = True
+            drain = wpb.Drain(reason=reason)
+            set_nanos(drain.deadline_time, deadline_nanos)
+            session.send(wpb.ConnectResponse(drain=drain))
+
+    def on_commit(self, touched: Sequence[Touched]) -> None:
+        """Forward cancellations of runs whose task a session here holds."""
+        cancelled = {t.run_id: t.snapshot for t in touched if t.snapshot.cancel_requested}
+        if not cancelled:
+            return
+        for session in self.sessions.values():
+            for task_id, held in session.held.items():
+                snap = cancelled.get(held.run_id)
+                if snap is not None and not held.cancel_sent:
+                    held.cancel_sent = True
+                    session.send(
+                        wpb.ConnectResponse(
+                            cancel_task=wpb.CancelTask(
+                                task_id=task_id, run_id=held.run_id, reason=snap.cancel_reason
+                            )
+                        )
+                    )
+
+    async def _loop(self) -> None:
+        while not self._stopped:
+            self._wake.clear()
+            try:
+                timeout = await self._round()
+            except Exception:
+                # The database may be away; leases stay safe (fencing), so retry shortly.
+                _log.warning("dispatch round failed", exc_info=True)
+                timeout = 1.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _round(self) -> float:
+        """Sweep expired leases, fill every session's free capacity; return the next timeout."""
+        # Leases that ended become pending again, for the claims below.
+        await self._store.expire_leases()
+        for session in list(self.sessions.values()):
+            while session.free and session.session_id in self.sessions and not self._stopped:
+                claimed = await self._store.claim_tasks(
+                    queues=session.queues,
+                    limit=session.free,
+                    lease_nanos=self._leases.lease_nanos,
+                    worker_id=session.worker_id,
+                    session_id=session.session_id,
+                )
+                if not claimed:
+                    break
+                for task in claimed:
+                    session.held[task.task_id] = Held(task.run_id, task.lease_epoch)
+                    dispatched = await self._store.dispatch(task, session.runtime)
+                    if dispatched is None:
+                        session.held.pop(task.task_id, None)
+                        continue
+                    wt = dispatched.task
+                    wt.lease_duration.FromNanoseconds(self._leases.lease_nanos)
+                    session.held[task.task_id].cancel_sent = wt.cancel_requested
+                    session.send(wpb.ConnectResponse(workflow_task=wt))
+        queues = sorted({q for s in self.sessions.values() for q in s.queues})
+        wakeup = await self._store.next_task_wakeup(queues)
+        # Other coordinators' tasks and leases change without telling us unless we
+        # share a Postgres NOTIFY stream; look at least once a lease period.
+        timeout = self._leases.lease_seconds / 2
+        if wakeup is not None:
+            timeout = min(timeout, max(0.0, (wakeup - time.time_ns()) / 1e9) + 0.001)
+        return timeout
+
+
+class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
+    """The worker-facing API: sessions, dispatch, fenced appends, results, heartbeats."""
+
+    def __init__(
+        self, store: Store, dispatcher: Dispatcher, limits: Limits, leases: LeaseConfig
+    ) -> None:
+        """Create the servicer."""
+        self._store = store
+        self._dispatcher = dispatcher
+        self._limits = limits
+        self._leases = leases
+        self.coordinator_id = str(uuid.uuid4())
+
+    async def Connect(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[wpb.ConnectRequest],
+        context: _Context,  # type: ignore[type-arg]
+    ) -> AsyncIterator[wpb.ConnectResponse]:
+        """Serve one worker for as long as its stream lasts."""
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None:
+            return
+        session = await self._hello(first, context)
+        welcome = wpb.Welcome(
+            session_id=session.session_id,
+            coordinator_id=self.coordinator_id,
+            max_payload_bytes=self._limits.max_payload_bytes,
+        )
+        welcome.heartbeat_interval.FromNanoseconds(int(self._leases.heartbeat_seconds * 1e9))
+        welcome.lease_duration.FromNanoseconds(self._leases.lease_nanos)
+        yield wpb.ConnectResponse(welcome=welcome)
+        await self._claim_held(session, first.hello.held_tasks)
+        self._dispatcher.sessions[session.session_id] = session
+        self._dispatcher.wake()
+        reader = asyncio.create_task(self._read(session, requests))
+        try:
+            while True:
+                message = await session.outbox.get()
+                if message is None:
+                    return
+                yield message
+        finally:
+            self._dispatcher.sessions.pop(session.session_id, None)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _hello(
+        self,
+        first: wpb.ConnectRequest,
+        context: _Context,  # type: ignore[type-arg]
+    ) -> Session:
+        if first.WhichOneof("message") != "hello":
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "hello: the first message must be a hello"
+            )
+        hello = first.hello
+        try:
+            check_id(hello.worker_id, "hello.worker_id")
+            if not hello.workflows and not hello.step_kinds:
+                raise InvalidArgumentError(
+                    "hello.workflows", "must name at least one workflow (or step kind)"
+                )
+            for i, w in enumerate(hello.workflows):
+                check_id(w.name, f"hello.workflows[{i}].name")
+            if hello.max_concurrent_tasks < 1:
+                raise InvalidArgumentError("hello.max_concurrent_tasks", "must be at least 1")
+        except InvalidArgumentError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        runtime = pb.Runtime(
+            worker_id=hello.worker_id, language=hello.language, sdk_version=hello.sdk_version
+        )
+        return Session(
+            session_id=str(uuid.uuid4()),
+            worker_id=hello.worker_id,
+            runtime=runtime,
+            queues=tuple(sorted({w.name for w in hello.workflows})),
+            capacity=hello.max_concurrent_tasks,
+        )
+
+    async def _claim_held(self, session: Session, held: Sequence[wpb.HeldTask]) -> None:
+        """Bind the tasks a reconnecting worker still runs to its new session, if still its."""
+        known: list[tuple[str, str, int]] = []
+        for h in held:
+            task = await self._store.find_task(h.task_id)
+            if task is None:
+                session.reject(
+                    h.task_id, h.lease_epoch, wpb.TASK_REJECT_REASON_UNKNOWN_TASK, "no such task"
+                )
+                continue
+            known.append((task.run_id, h.task_id, h.lease_epoch))
+        if not known:
+            return
+        states = await self._store.heartbeat(
+            known,
+            lease_nanos=self._leases.lease_nanos,
+            session_id=session.session_id,
+            worker_id=session.worker_id,
+        )
+        for (run_id, task_id, epoch), state in zip(known, states, strict=True):
+            if state.live:
+                session.held[task_id] = Held(run_id, epoch)
+            else:
+                session.reject(
+                    task_id, epoch, wpb.TASK_REJECT_REASON_STALE_LEASE, "the lease was lost"
+                )
+
+    async def _read(self, session: Session, requests: AsyncIterator[wpb.ConnectRequest]) -> None:
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            async for request in requests:
+                handler = self._handler(session, request)
+                if handler is None:
+                    continue
+                # Started in arrival order: each submits to the writer before its
+                # first suspension, so a task's batches are appended in order.
+                job = asyncio.create_task(handler)
+                pending.add(job)
+                job.add_done_callback(pending.discard)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            for job in list(pending):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await job
+            session.outbox.put_nowait(None)
+
+    def _handler(self, session: Session, request: wpb.ConnectRequest):  # type: ignore[no-untyped-def]
+        case = request.WhichOneof("message")
+        if case == "event_batch":
+            return self._on_batch(session, request.event_batch)
+        if case == "workflow_result":
+            return self._on_result(session, request.workflow_result)
+        if case == "heartbeat":
+            return self._on_heartbeat(session, request.heartbeat)
+        if case == "release":
+            return self._on_release(session, request.release)
+        return None  # hello again, step results (not yet): ignored
+
+    def _run_of(self, session: Session, task_id: str, epoch: int) -> str | None:
+        held = session.held.get(task_id)
+        if held is None or held.epoch != epoch:
+            return None
+        return held.run_id
+
+    async def _on_batch(self, session: Session, batch: wpb.EventBatch) -> None:
+        run_id = self._run_of(session, batch.task_id, batch.lease_epoch)
+        if run_id is None:
+            session.reject(
+                batch.task_id,
+                batch.lease_epoch,
+                wpb.TASK_REJECT_REASON_STALE_LEASE,
+                "this session does not hold that task under that epoch",
+                batch.batch_no,
+            )
+            return
+        events = list(batch.events)
+        for event in events:
+            if not event.run_id:
+                event.run_id = run_id
+        try:
+            check_events(events, self._limits)
+            outcome = await self._store.append_task_events(
+                run_id, batch.task_id, batch.lease_epoch, batch.batch_no, events
+            )
+        except (TaskRefusedError, InvalidArgumentError, PayloadTooLargeError) as err:
+            self._refused(session, batch.task_id, batch.lease_epoch, err, batch.batch_no)
+            return
+        except LedgerflowError as err:
+            self._refused(session, batch.task_id, batch.lease_epoch, err, batch.batch_no)
+            return
+        ack = wpb.EventBatchAck(
+            task_id=batch.task_id,
+            lease_epoch=batch.lease_epoch,
+            batch_no=batch.batch_no,
+            committed_seq=outcome.ranges.get(run_id, (0, 0))[1],
+            duplicate=outcome.duplicate,
+        )
+        cursors: dict[str, int] = outcome.value or {}  # type: ignore[assignment]
+        for channel, offset in cursors.items():
+            ack.log_cursors.add(channel=channel, next_offset=offset)
+        session.send(wpb.ConnectResponse(event_batch_ack=ack))
+
+    def _refused(
+        self, session: Session, task_id: str, epoch: int, err: Exception, batch_no: int = 0
+    ) -> None:
+        if isinstance(err, TaskRefusedError):
+            reason = err.reason
+        elif isinstance(err, PayloadTooLargeError):
+            reason = wpb.TASK_REJECT_REASON_TOO_LARGE
+        else:
+            reason = wpb.TASK_REJECT_REASON_INVALID
+        if reason in (
+            wpb.TASK_REJECT_REASON_STALE_LEASE,
+            wpb.TASK_REJECT_REASON_UNKNOWN_TASK,
+            wpb.TASK_REJECT_REASON_RUN_FINISHED,
+        ):
+            self._forget(session, task_id)
+        session.reject(task_id, epoch, reason, str(err), batch_no)
+
+    def _forget(self, session: Session, task_id: str) -> None:
+        if session.held.pop(task_id, None) is not None:
+            self._dispatcher.wake()
+
+    async def _on_result(self, session: Session, result: workflow_pb2.WorkflowTaskResult) -> None:
+        run_id = self._run_of(session, result.task_id, result.lease_epoch)
+        if run_id is None:
+            task = await self._store.find_task(result.task_id)
+            if task is None:
+                session.reject(
+                    result.task_id,
+                    result.lease_epoch,
+                    wpb.TASK_REJECT_REASON_UNKNOWN_TASK,
+                    "no such task",
+                )
+                return
+            run_id = task.run_id  # A resent result: the store answers it as a duplicate or stale.
+        try:
+            outcome = await self._store.complete_task(run_id, result)
+        except LedgerflowError as err:
+            self._refused(session, result.task_id, result.lease_epoch, err)
+            return
+        self._forget(session, result.task_id)
+        session.send(
+            wpb.ConnectResponse(
+                task_result_ack=wpb.TaskResultAck(
+                    task_id=result.task_id,
+                    lease_epoch=result.lease_epoch,
+                    committed_seq=int(outcome.value),  # type: ignore[call-overload]
+                )
+            )
+        )
+
+    async def _on_release(self, session: Session, release: wpb.TaskRelease) -> None:
+        run_id = self._run_of(session, release.task_id, release.lease_epoch)
+        if run_id is None:
+            return
+        # A refusal means the lease is not its any more: nothing to give back.
+        with contextlib.suppress(LedgerflowError):
+            await self._store.release_task(run_id, release.task_id, release.lease_epoch)
+        self._forget(session, release.task_id)
+
+    async def _on_heartbeat(self, session: Session, heartbeat: wpb.Heartbeat) -> None:
+        known: list[tuple[str, str, int]] = []
+        for t in heartbeat.tasks:
+            run_id = self._run_of(session, t.task_id, t.lease_epoch)
+            if run_id is None:
+                session.reject(
+                    t.task_id, t.lease_epoch, wpb.TASK_REJECT_REASON_STALE_LEASE, "not held here"
+                )
+            else:
+                known.append((run_id, t.task_id, t.lease_epoch))
+        states = (
+            await self._store.heartbeat(
+                known,
+                lease_nanos=self._leases.lease_nanos,
+                session_id=session.session_id,
+                worker_id=session.worker_id,
+            )
+            if known
+            else []
+        )
+        ack = wpb.HeartbeatAck()
+        for state in states:
+            if not state.live:
+                self._forget(session, state.task_id)
+                session.reject(
+                    state.task_id,
+                    state.epoch,
+                    wpb.TASK_REJECT_REASON_STALE_LEASE,
+                    "the lease expired and may be held by another worker",
+                )
+                continue
+            lease = ack.leases.add(
+                task_id=state.task_id,
+                lease_epoch=state.epoch,
+                cancel_requested=state.cancel_requested,
+            )
+            set_nanos(lease.expire_time, state.expire_time)
+        session.send(wpb.ConnectResponse(heartbeat_ack=ack))

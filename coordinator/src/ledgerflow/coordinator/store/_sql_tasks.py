@@ -1,0 +1,198 @@
+"""Named queries and group-commit writes on the ``tasks`` aggregate: the dispatch queue.
+
+Invariants (see ``_schema.tasks``): a run has at most one workflow task that is
+not done; ``lease_epoch`` grows by one at every dispatch; a task row is read for
+a decision (fencing, completion) only under its row lock, in the transaction
+that acts on the decision.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledgerflow.coordinator.store._dialect import Write
+from ledgerflow.coordinator.store._schema import tasks
+
+WORKFLOW_TASK = 1
+"""TaskKind: runs a workflow body."""
+STEP_TASK = 2
+"""TaskKind: runs one step on a worker of a step kind."""
+
+PENDING = 1
+"""TaskStatus: waiting to be dispatched from ``available_time``."""
+LEASED = 2
+"""TaskStatus: a worker holds it until ``lease_expire_time``."""
+DONE = 3
+"""TaskStatus: finished; kept as the record of its last epoch."""
+
+
+@dataclass(slots=True)
+class TaskRow:
+    """A task's row, as the transaction that locked it holds it."""
+
+    run_id: str
+    task_id: str
+    kind: int
+    queue: str
+    status: int
+    lease_epoch: int
+    available_time: int
+    lease_expire_time: int | None
+    worker_id: str | None
+    session_id: str | None
+    invocation: int
+    create_time: int
+
+
+_COLUMNS = tuple(f.name for f in fields(TaskRow))
+
+
+def new_workflow_task(run_id: str, queue: str, now: int) -> TaskRow:
+    """Return a new pending workflow task for a run, available at ``now``."""
+    return TaskRow(
+        run_id=run_id,
+        task_id=str(uuid.uuid4()),
+        kind=WORKFLOW_TASK,
+        queue=queue,
+        status=PENDING,
+        lease_epoch=0,
+        available_time=now,
+        lease_expire_time=None,
+        worker_id=None,
+        session_id=None,
+        invocation=0,
+        create_time=now,
+    )
+
+
+def _decode(row: Any) -> TaskRow:
+    return TaskRow(**{name: row._mapping[name] for name in _COLUMNS})
+
+
+async def lock_tasks(conn: AsyncConnection, run_ids: Sequence[str]) -> dict[str, TaskRow]:
+    """Lock and load every task of ``run_ids``, by task id (in key order: no deadlocks)."""
+    if not run_ids:
+        return {}
+    rows = await conn.execute(
+        select(tasks)
+        .where(tasks.c.run_id.in_(set(run_ids)))
+        .order_by(tasks.c.run_id, tasks.c.task_id)
+        .with_for_update()
+    )
+    return {row.task_id: _decode(row) for row in rows}
+
+
+def save_tasks(rows: Sequence[TaskRow]) -> Write:
+    """Insert new tasks and overwrite changed ones (an upsert on the key)."""
+    return Write(
+        tasks,
+        {name: [getattr(row, name) for row in rows] for name in _COLUMNS},
+        update=tuple(n for n in _COLUMNS if n not in ("run_id", "task_id")),
+    )
+
+
+async def claim(
+    conn: AsyncConnection,
+    *,
+    queues: Sequence[str],
+    limit: int,
+    now: int,
+    lease_nanos: int,
+    worker_id: str,
+    session_id: str,
+) -> list[TaskRow]:
+    """Lease up to ``limit`` available pending workflow tasks of ``queues``, oldest first.
+
+    Each claimed task's epoch and invocation grow by one. On Postgres, ``FOR
+    UPDATE SKIP LOCKED`` lets coordinators claim concurrently without waiting on
+    each other or taking the same task; SQLite has one writer at a time anyway.
+    """
+    if not queues or limit <= 0:
+        return []
+    candidates = (
+        select(tasks.c.task_id)
+        .where(
+            tasks.c.status == PENDING,
+            tasks.c.kind == WORKFLOW_TASK,
+            tasks.c.queue.in_(set(queues)),
+            tasks.c.available_time <= now,
+        )
+        .order_by(tasks.c.available_time)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    rows = await conn.execute(
+        update(tasks)
+        .where(tasks.c.task_id.in_(candidates.scalar_subquery()), tasks.c.status == PENDING)
+        .values(
+            status=LEASED,
+            lease_epoch=tasks.c.lease_epoch + 1,
+            invocation=tasks.c.invocation + 1,
+            lease_expire_time=now + lease_nanos,
+            worker_id=worker_id,
+            session_id=session_id,
+        )
+        .returning(*tasks.c)
+    )
+    return sorted((_decode(row) for row in rows), key=lambda t: (t.available_time, t.task_id))
+
+
+async def expire_leases(conn: AsyncConnection, now: int) -> list[str]:
+    """Turn every lease that ended before ``now`` back into a pending task; return their ids."""
+    expired = select(tasks.c.task_id).where(
+        tasks.c.status == LEASED, tasks.c.lease_expire_time < now
+    )
+    if conn.dialect.name == "postgresql":
+        # Skip rows a writer holds: it is acting on that task right now (a result, a
+        # heartbeat); the next sweep looks again. Waiting could deadlock with it.
+        expired = expired.with_for_update(skip_locked=True)
+    rows = await conn.execute(
+        update(tasks)
+        .where(tasks.c.task_id.in_(expired.scalar_subquery()), tasks.c.status == LEASED)
+        .values(
+            status=PENDING,
+            available_time=now,
+            lease_expire_time=None,
+            worker_id=None,
+            session_id=None,
+        )
+        .returning(tasks.c.task_id)
+    )
+    return list(rows.scalars().all())
+
+
+async def next_wakeup(conn: AsyncConnection, queues: Sequence[str]) -> int | None:
+    """Return the earliest future time a task of ``queues`` becomes available or a lease ends."""
+    times = []
+    if queues:
+        times.append(
+            await conn.scalar(
+                select(tasks.c.available_time)
+                .where(tasks.c.status == PENDING, tasks.c.queue.in_(set(queues)))
+                .order_by(tasks.c.available_time)
+                .limit(1)
+            )
+        )
+    times.append(
+        await conn.scalar(
+            select(tasks.c.lease_expire_time)
+            .where(tasks.c.status == LEASED)
+            .order_by(tasks.c.lease_expire_time)
+            .limit(1)
+        )
+    )
+    found = [int(t) for t in times if t is not None]
+    return min(found) if found else None
+
+
+async def find_task(conn: AsyncConnection, task_id: str) -> TaskRow | None:
+    """Return a task by id (no lock: for routing, never for a decision)."""
+    row = (await conn.execute(select(tasks).where(tasks.c.task_id == task_id))).first()
+    return None if row is None else _decode(row)

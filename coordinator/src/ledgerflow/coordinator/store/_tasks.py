@@ -1,0 +1,352 @@
+"""Task operations: what workers do to runs, fenced by the task's lease.
+
+Like the operations of ``_append`` these run inside the writer's group
+transaction against a :class:`~ledgerflow.coordinator.store._append.Batch`, with
+the run's row and all of its tasks locked. Every one of them checks the lease
+first — the task is leased, under this epoch — and refuses with
+:class:`TaskRefusedError` otherwise, before changing anything. Because the check
+and the append are one transaction over locked rows, a worker whose lease was
+taken over can never append after the newer epoch was granted.
+
+Claiming (leasing pending tasks) and the expiry sweep are single statements run
+outside the writer (``_sql_tasks.claim`` / ``expire_leases``); :func:`dispatch`
+then records the dispatch in the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ledgerflow.coordinator.store import _append as ops
+from ledgerflow.coordinator.store import _sql_events as sql_events
+from ledgerflow.coordinator.store import _sql_tasks as sql_tasks
+from ledgerflow.errors import FailedPreconditionError, LedgerflowError
+from ledgerflow.ledger import LogRetention, is_terminal
+from ledgerflow.v1 import ledger_pb2 as pb
+from ledgerflow.v1 import worker_service_pb2 as wpb
+from ledgerflow.v1 import workflow_pb2
+
+# What a worker may append under a task lease: facts about steps and about what the
+# body emits. A run's lifecycle (run_*) follows from dispatches and results.
+WORKER_EVENTS = frozenset(
+    {
+        "step_scheduled",
+        "step_started",
+        "step_progress",
+        "step_completed",
+        "step_failed",
+        "step_skipped",
+        "compensation_started",
+        "compensation_completed",
+        "compensation_failed",
+        "log_appended",
+        "checkpoint_recorded",
+        "summary_updated",
+        "metadata_updated",
+    }
+)
+
+
+class TaskRefusedError(LedgerflowError):
+    """A worker's batch, result or lease was refused; nothing was appended.
+
+    Attributes:
+        reason: The ``TaskRejectReason`` to send back.
+    """
+
+    def __init__(self, reason: wpb.TaskRejectReason.ValueType, message: str) -> None:
+        """Create the refusal."""
+        super().__init__(message)
+        self.reason = reason
+
+
+def _leased(batch: ops.Batch, task_id: str, epoch: int) -> sql_tasks.TaskRow:
+    """Return the task if this epoch holds its lease; refuse otherwise."""
+    task = batch.tasks.get(task_id)
+    if task is None:
+        raise TaskRefusedError(wpb.TASK_REJECT_REASON_UNKNOWN_TASK, f"no task {task_id!r}")
+    if task.status != sql_tasks.LEASED or task.lease_epoch != epoch:
+        state = "done" if task.status == sql_tasks.DONE else f"at epoch {task.lease_epoch}"
+        raise TaskRefusedError(
+            wpb.TASK_REJECT_REASON_STALE_LEASE,
+            f"task {task_id!r}: the lease of epoch {epoch} is no longer held (task {state})",
+        )
+    return task
+
+
+@dataclass(slots=True)
+class Dispatched:
+    """What a worker needs to run a workflow task, read under the lock of its dispatch."""
+
+    task: workflow_pb2.WorkflowTask
+
+
+async def dispatch(
+    batch: ops.Batch,
+    task_id: str,
+    epoch: int,
+    runtime: pb.Runtime,
+    *,
+    now: int,
+    retention: LogRetention,
+) -> ops.Outcome:
+    """Record a claimed task's dispatch (``run_started``) and build its WorkflowTask.
+
+    ``Outcome.value`` is the :class:`Dispatched`, or None when the task cannot run:
+    its run finished meanwhile (the task is marked done) or the lease moved on.
+    """
+    try:
+        task = _leased(batch, task_id, epoch)
+    except TaskRefusedError:
+        return ops.Outcome(value=None)
+    row = batch.rows.get(task.run_id)
+    if row is None or is_terminal(row.snapshot.status):
+        task.status = sql_tasks.DONE
+        task.lease_expire_time = task.worker_id = task.session_id = None
+        batch.save_task(task)
+        return ops.Outcome(value=None)
+    started = ops._new_event(task.run_id, pb.EVENT_SOURCE_COORDINATOR, now)
+    started.run_started.runtime.CopyFrom(runtime)
+    started.run_started.invocation = task.invocation
+    outcome = ops._append_one(batch, row, started, retention)
+    created = await sql_events.page_events(batch.conn, task.run_id, 0, 1)
+    snap = row.snapshot
+    out = workflow_pb2.WorkflowTask(
+        task_id=task.task_id,
+        lease_epoch=task.lease_epoch,
+        run_id=task.run_id,
+        workflow_name=snap.workflow_name,
+        workflow_version=snap.workflow_version,
+        invocation=task.invocation,
+        cancel_requested=snap.cancel_requested,
+        cancel_reason=snap.cancel_reason,
+    )
+    if created and created[0].run_created.HasField("input"):
+        out.input.CopyFrom(created[0].run_created.input)
+    out.tags.extend(snap.tags)
+    if snap.HasField("start_time"):
+        out.run_start_time.CopyFrom(snap.start_time)
+    # The batch's journal is the writer's own (cached) object: the task gets a copy.
+    out.journal.CopyFrom(row.journal)
+    outcome.value = Dispatched(out)
+    return outcome
+
+
+def check_worker_events(events: Sequence[pb.LedgerEvent], run_id: str) -> None:
+    """Refuse events a worker may not append under a task (INVALID, naming the event)."""
+    for index, event in enumerate(events):
+        case = event.WhichOneof("payload")
+        if case not in WORKER_EVENTS:
+            raise TaskRefusedError(
+                wpb.TASK_REJECT_REASON_INVALID,
+                f"events[{index}]: a worker may not append {case or 'an empty event'}; "
+                "run facts come from task results",
+            )
+        if event.run_id != run_id:
+            raise TaskRefusedError(
+                wpb.TASK_REJECT_REASON_INVALID,
+                f"events[{index}].run_id: {event.run_id!r} is not the task's run {run_id!r}",
+            )
+
+
+def batch_request_id(task_id: str, epoch: int, batch_no: int) -> str:
+    """The request id an event batch is remembered under (a resend is answered from it)."""
+    return f"task:{task_id}:{epoch}:{batch_no}"
+
+
+async def append_batch(
+    batch: ops.Batch,
+    task_id: str,
+    epoch: int,
+    batch_no: int,
+    events: Sequence[pb.LedgerEvent],
+    *,
+    retention: LogRetention,
+) -> ops.Outcome:
+    """Append a worker's event batch under its lease.
+
+    ``Outcome.value`` is the run's channel cursors after the batch, for the channels
+    the batch wrote. A resend of an appended batch is answered as a duplicate.
+
+    Raises:
+        TaskRefusedError: The lease is not this epoch's, or the batch is malformed.
+    """
+    task = batch.tasks.get(task_id)
+    request_id = batch_request_id(task_id, epoch, batch_no)
+    if task is not None:
+        prior = batch.prior_request([task.run_id], request_id)
+        if prior:
+            return ops.Outcome(duplicate=True, ranges=prior, value=_cursors(batch, task, events))
+    task = _leased(batch, task_id, epoch)
+    check_worker_events(events, task.run_id)
+    try:
+        outcome = await ops.append_events(batch, events, request_id=request_id, retention=retention)
+    except FailedPreconditionError as err:
+        raise TaskRefusedError(wpb.TASK_REJECT_REASON_RUN_FINISHED, str(err)) from err
+    outcome.value = _cursors(batch, task, events)
+    return outcome
+
+
+def _cursors(
+    batch: ops.Batch, task: sql_tasks.TaskRow, events: Sequence[pb.LedgerEvent]
+) -> dict[str, int]:
+    row = batch.rows.get(task.run_id)
+    channels = {
+        e.log_appended.channel
+        for e in events
+        if e.HasField("log_appended") and e.log_appended.HasField("channel_offset")
+    }
+    if row is None:
+        return {}
+    return {c: row.log.cursors.get(c, 0) for c in sorted(channels)}
+
+
+def _terminal_events(
+    result: workflow_pb2.WorkflowTaskResult, run_id: str, now: int
+) -> list[pb.LedgerEvent]:
+    """The events a workflow result stands for (docs/worker-protocol.md, Results)."""
+    out: list[pb.LedgerEvent] = []
+    if result.metadata_updates:
+        update = ops._new_event(run_id, pb.EVENT_SOURCE_WORKER, now)
+        update.metadata_updated.mutations.extend(result.metadata_updates)
+        out.append(update)
+    end = ops._new_event(run_id, pb.EVENT_SOURCE_WORKER, now)
+    outcome = result.outcome
+    if outcome == workflow_pb2.WORKFLOW_OUTCOME_COMPLETED:
+        end.run_completed.SetInParent()
+        if result.HasField("output"):
+            end.run_completed.result.CopyFrom(result.output)
+    elif outcome in (
+        workflow_pb2.WORKFLOW_OUTCOME_FAILED,
+        workflow_pb2.WORKFLOW_OUTCOME_COMPENSATED,
+        workflow_pb2.WORKFLOW_OUTCOME_COMPENSATION_FAILED,
+    ):
+        end.run_failed.SetInParent()
+        if result.HasField("error"):
+            end.run_failed.error.CopyFrom(result.error)
+        if outcome == workflow_pb2.WORKFLOW_OUTCOME_COMPENSATED:
+            end.run_failed.compensation = pb.COMPENSATION_OUTCOME_COMPENSATED
+        elif outcome == workflow_pb2.WORKFLOW_OUTCOME_COMPENSATION_FAILED:
+            end.run_failed.compensation = pb.COMPENSATION_OUTCOME_COMPENSATION_FAILED
+    elif outcome == workflow_pb2.WORKFLOW_OUTCOME_CANCELLED:
+        end.run_cancelled.SetInParent()
+        if result.HasField("error"):
+            end.run_cancelled.error.CopyFrom(result.error)
+        end.run_cancelled.compensation = _compensation_outcome(result.compensations)
+    elif outcome == workflow_pb2.WORKFLOW_OUTCOME_WAITING:
+        end.run_waiting.waitpoint_ids.extend(w.waitpoint_id for w in result.waitpoints)
+    else:
+        raise TaskRefusedError(
+            wpb.TASK_REJECT_REASON_INVALID, f"outcome: unknown workflow outcome {outcome}"
+        )
+    out.append(end)
+    return out
+
+
+def _compensation_outcome(
+    reports: Sequence[workflow_pb2.CompensationReport],
+) -> pb.CompensationOutcome.ValueType:
+    if not reports:
+        return pb.COMPENSATION_OUTCOME_UNSPECIFIED
+    if any(r.status == pb.COMPENSATION_STATUS_FAILED for r in reports):
+        return pb.COMPENSATION_OUTCOME_COMPENSATION_FAILED
+    return pb.COMPENSATION_OUTCOME_COMPENSATED
+
+
+async def complete(
+    batch: ops.Batch,
+    result: workflow_pb2.WorkflowTaskResult,
+    *,
+    now: int,
+    retention: LogRetention,
+) -> ops.Outcome:
+    """Append a workflow result's terminal facts and mark its task done, under the lease.
+
+    ``Outcome.value`` is the run's last seq. A resend of a result already taken
+    under the same epoch is answered as a duplicate.
+
+    Raises:
+        TaskRefusedError: The lease is not this epoch's, or the result is malformed.
+    """
+    task = batch.tasks.get(result.task_id)
+    row = batch.rows.get(task.run_id) if task is not None else None
+    if (
+        task is not None
+        and row is not None
+        and task.status == sql_tasks.DONE
+        and task.lease_epoch == result.lease_epoch
+    ):
+        return ops.Outcome(duplicate=True, value=row.last_seq)
+    task = _leased(batch, result.task_id, result.lease_epoch)
+    if result.run_id and result.run_id != task.run_id:
+        raise TaskRefusedError(
+            wpb.TASK_REJECT_REASON_INVALID,
+            f"run_id: {result.run_id!r} is not the task's run {task.run_id!r}",
+        )
+    events = _terminal_events(result, task.run_id, now)
+    outcome = await ops.append_events(batch, events, request_id="", retention=retention)
+    task.status = sql_tasks.DONE
+    task.lease_expire_time = task.worker_id = task.session_id = None
+    batch.save_task(task)
+    row = batch.rows[task.run_id]
+    outcome.value = row.last_seq
+    return outcome
+
+
+async def release(
+    batch: ops.Batch, task_id: str, epoch: int, *, now: int, delay_nanos: int = 0
+) -> ops.Outcome:
+    """Give a task back: it becomes pending (after ``delay_nanos``) for any worker.
+
+    Raises:
+        TaskRefusedError: The lease is not this epoch's.
+    """
+    task = _leased(batch, task_id, epoch)
+    task.status = sql_tasks.PENDING
+    task.available_time = now + delay_nanos
+    task.lease_expire_time = task.worker_id = task.session_id = None
+    batch.save_task(task)
+    return ops.Outcome()
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    """A heartbeat's answer for one task."""
+
+    task_id: str
+    epoch: int
+    live: bool
+    expire_time: int
+    cancel_requested: bool
+    cancel_reason: str
+
+
+async def heartbeat(
+    batch: ops.Batch,
+    held: Sequence[tuple[str, int]],
+    *,
+    now: int,
+    lease_nanos: int,
+    session_id: str,
+    worker_id: str,
+) -> ops.Outcome:
+    """Extend each live lease in ``held`` to ``now + lease_nanos`` (and bind it to the session).
+
+    ``Outcome.value`` is a :class:`LeaseState` per held task, in order.
+    """
+    states: list[LeaseState] = []
+    for task_id, epoch in held:
+        task = batch.tasks.get(task_id)
+        if task is None or task.status != sql_tasks.LEASED or task.lease_epoch != epoch:
+            states.append(LeaseState(task_id, epoch, False, 0, False, ""))
+            continue
+        task.lease_expire_time = now + lease_nanos
+        task.session_id = session_id
+        task.worker_id = worker_id
+        batch.save_task(task)
+        row = batch.rows.get(task.run_id)
+        cancel = row is not None and row.snapshot.cancel_requested
+        reason = row.snapshot.cancel_reason if row is not None else ""
+        states.append(LeaseState(task_id, epoch, True, now + lease_nanos, cancel, reason))
+    return ops.Outcome(value=states)

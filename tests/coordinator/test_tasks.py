@@ -1,0 +1,286 @@
+"""Tasks in the store: claiming, dispatch, fenced appends and results, leases, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from google.protobuf.struct_pb2 import Value
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledgerflow.coordinator.store import StartRunSpec, Store
+from ledgerflow.coordinator.store._tasks import TaskRefusedError
+from ledgerflow.ledger import json_payload, payload_value
+from ledgerflow.v1 import ledger_pb2 as pb
+from ledgerflow.v1 import worker_service_pb2 as wpb
+from ledgerflow.v1 import workflow_pb2
+from tests.coordinator.test_store import assert_consistent, ev
+
+SECOND = 1_000_000_000
+RUNTIME = pb.Runtime(worker_id="w1", language="python")
+
+
+async def claim_one(store: Store, *, lease: int = 60 * SECOND, session: str = "s1"):  # type: ignore[no-untyped-def]
+    (task,) = await store.claim_tasks(
+        queues=["wf"], limit=5, lease_nanos=lease, worker_id="w1", session_id=session
+    )
+    return task
+
+
+async def test_start_run_queues_a_task_that_a_claim_leases_and_dispatch_records(
+    store: Store,
+) -> None:
+    await store.start_run(
+        StartRunSpec(workflow_name="wf", run_id="a", input=json_payload({"x": 1}), tags=("t",))
+    )
+    assert (
+        await store.claim_tasks(
+            queues=["other"], limit=5, lease_nanos=SECOND, worker_id="w", session_id="s"
+        )
+        == []
+    )
+    task = await claim_one(store)
+    assert (task.run_id, task.lease_epoch, task.invocation) == ("a", 1, 1)
+    dispatched = await store.dispatch(task, RUNTIME)
+    assert dispatched is not None
+    wt = dispatched.task
+    assert (wt.task_id, wt.lease_epoch, wt.run_id, wt.workflow_name) == (task.task_id, 1, "a", "wf")
+    assert payload_value(wt.input) == {"x": 1}
+    assert list(wt.tags) == ["t"]
+    assert wt.journal.last_seq == 2
+    snap = await store.get_run("a")
+    assert snap.status == pb.RUN_STATUS_RUNNING
+    events = await assert_consistent(store, "a")
+    assert events[-1].run_started.invocation == 1
+    assert events[-1].run_started.runtime.worker_id == "w1"
+    # Nothing else to claim: the run's one task is leased.
+    assert (
+        await store.claim_tasks(
+            queues=["wf"], limit=5, lease_nanos=SECOND, worker_id="w", session_id="s"
+        )
+        == []
+    )
+
+
+async def test_batches_append_under_the_lease_and_resends_are_acknowledged_once(
+    store: Store,
+) -> None:
+    await store.start_run(StartRunSpec(workflow_name="wf", run_id="a"))
+    task = await claim_one(store)
+    await store.dispatch(task, RUNTIME)
+    batch = [
+        ev("a", "step_started", 1, step_id="s"),
+        ev("a", "log_appended", 1, lines=["x", "y"], channel="c", channel_offset=0),
+    ]
+    first = await store.append_task_events("a", task.task_id, 1, 1, batch)
+    again = await store.append_task_events("a", task.task_id, 1, 1, batch)
+    assert not first.duplicate
+    assert again.duplicate
+    assert again.ranges == first.ranges
+    assert first.value == again.value == {"c": 2}
+    events = await assert_consistent(store, "a")
+    assert [e.WhichOneof("payload") for e in events].count("step_started") == 1
+
+
+async def test_a_stale_epoch_is_refused_and_changes_nothing(store: Store) -> None:
+    await store.start_run(StartRunSpec(workflow_name="wf", run_id="a"))
+    old = await claim_one(store, lease=0)  # expires at once
+    await store.dispatch(old, RUNTIME)
+    assert await store.expire_leases() == [old.task_id]
+    new = await claim_one(store)
+    assert new.lease_epoch == 2
+    await store.dispatch(new, RUNTIME)
+    before = len(await assert_consistent(store, "a"))
+    with pytest.raises(TaskRefusedError) as refused:
+        await store.append_task_events(
+            "a", old.task_id, 1, 1, [ev("a", "step_started", 1, step_id="s")]
+        )
+    assert refused.value.reason == wpb.TASK_REJECT_REASON_STALE_LEASE
+    stale_result = workflow_pb2.WorkflowTaskResult(
+        task_id=old.task_id, lease_epoch=1, outcome=workflow_pb2.WORKFLOW_OUTCOME_COMPLETED
+    )
+    with pytest.raises(TaskRefusedError):
+        await store.complete_task("a", stale_result)
+    assert len(await assert_consistent(store, "a")) == before
+    # The current epoch still works.
+    await store.append_task_events(
+        "a", new.task_id, 2, 1, [ev("a", "step_started", 1, step_id="s")]
+    )
+
+
+async def test_workers_may_not_append_run_facts_or_other_runs_events(store: Store) -> None:
+    await store.start_run(StartRunSpec(workflow_name="wf", run_id="a"))
+    await store.start_run(StartRunSpec(workflow_name="other", run_id="b"))
+    task = await claim_one(store)
+    await store.dispatch(task, RUNTIME)
+    for bad, where in (
+        ([ev("a", "run_completed", 1)], "events[0]"),
+        (
+            [ev("a", "step_started", 1, step_id="s"), ev("b", "step_started", 1, step_id="s")],
+            "events[1].run_id",
+        ),
+    ):
+        with pytest.raises(
+            TaskRefusedError, match=where.replace("[", r"\[").replace("]", r"\]")
+        ) as refused:
+            await store.append_task_events("a", task.task_id, 1, 1, bad)
+        assert refused.value.reason == wpb.TASK_REJECT_REASON_INVALID
+    assert len(await assert_consistent(store, "a")) == 2
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status", "case"),
+    [
+        (workflow_pb2.WORKFLOW_OUTCOME_COMPLETED, pb.RUN_STATUS_COMPLETED, "run_completed"),
+        (workflow_pb2.WORKFLOW_OUTCOME_FAILED, pb.RUN_STATUS_FAILED, "run_failed"),
+        (workflow_pb2.WORKFLOW_OUTCOME_COMPENSATED, pb.RUN_STATUS_FAILED, "run_failed"),
+        (workflow_pb2.WORKFLOW_OUTCOME_CANCELLED, pb.RUN_STATUS_CANCELLED, "run_cancelled"),
+        (workflow_pb2.WORKFLOW_OUTCOME_WAITING, pb.RUN_STATUS_WAITING, "run_waiting"),
+    ],
+)
+async def test_a_result_ends_the_task_with_its_terminal_fact_once(
+    store: Store, outcome: int, status: int, case: str
+) -> None:
+    await store.start_run(StartRunSpec(workflow_name="wf", run_id="a"))
+    task = await claim_one(store)
+    await store.dispatch(task, RUNTIME)
+    result = workflow_pb2.WorkflowTaskResult(
+        task_id=task.task_id,
+        lease_epoch=1,
+        run_id="a",
+        outcome=outcome,  # type: ignore[arg-type]
+        output=json_payload(7),
+        metadata_updates=[
+            pb.MetadataMutation(op=pb.METADATA_OP_SET, key="k", value=Value(number_value=1))
+        ],
+    )
+    first = await store.complete_task("a", result)
+    again = await store.complete_task("a", result)
+    assert (first.duplicate, again.duplicate) == (False, True)
+    assert first.value == again.value
+    snap = await store.get_run("a")
+    assert snap.status == status
+    assert snap.metadata["k"].number_value == 1
+    events = await assert_consistent(store, "a")
+    assert [e.WhichOneof("payload") for e in events[-2:]] == ["metadata_updated", case]
+    if case == "run_completed":
+        assert payload_value(snap.result) == 7
+    if outcome == workflow_pb2.WORKFLOW_OUTCOME_COMPENSATED:
+        assert events[-1].run_failed.compensation == pb.COMPENSATION_OUTCOME_COMPENSATED
+    with pytest.raises(TaskRefusedError) as refused:
+        await store.append_task_events(
+            "a", task.task_id, 1, 9, [ev("a", "step_started", 1, step_id="s")]
+        )
+    assert refused.value.reason == wpb.TASK_REJECT_REASON_STALE_LEASE
+
+
+async def test_release_and_heartbeats(store: Store) -> None:
+    await store.start_run(StartRunSpec(workflow_name="wf", run_id="a"))
+    task = await claim_one(store)
+    await store.dispatch(task, RUNTIME)
+    (state,) = await store.heartbeat(
+        [("a", task.task_id, 1)], lease_nanos=30 * SECOND, session_id="s2", worker_id="w1"
+    )
+    assert state.live
+    assert not state.cancel_requested
+    await store.cancel_run("a", reason="stop", identity="me")
+    (state,) = await store.heartbeat(
+        [("a", task.task_id, 1)], lease_nanos=30 * SECOND, session_id="s2", worker_id="w1"
+    )
+    assert state.live
+    assert state.cancel_requested
+    assert state.cancel_reason == "stop"
+    await store.release_task("a", task.task_id, 1)
+    (state,) = await store.heartbeat(
+        [("a", task.task_id, 1)], lease_nanos=30 * SECOND, session_id="s2", worker_id="w1"
+    )
+    assert not state.live
+    again = await claim_one(store)
+    assert (again.task_id, again.lease_epoch, again.invocation) == (task.task_id, 2, 2)
+    dispatched = await store.dispatch(again, RUNTIME)
+    assert dispatched is not None
+    assert dispatched.task.cancel_requested
+
+
+async def test_cancelling_a_run_nobody_runs_queues_a_task_to_compensate(store: Store) -> None:
+    await store.start_run(StartRunSpec(workflow_name="wf", run_id="a"))
+    task = await claim_one(store)
+    await store.dispatch(task, RUNTIME)
+    await store.complete_task(
+        "a",
+        workflow_pb2.WorkflowTaskResult(
+            task_id=task.task_id, lease_epoch=1, outcome=workflow_pb2.WORKFLOW_OUTCOME_WAITING
+        ),
+    )
+    assert (
+        await store.claim_tasks(
+            queues=["wf"], limit=5, lease_nanos=SECOND, worker_id="w", session_id="s"
+        )
+        == []
+    )
+    await store.cancel_run("a", reason="stop", identity="me")
+    again = await claim_one(store)
+    assert again.task_id != task.task_id
+    dispatched = await store.dispatch(again, RUNTIME)
+    assert dispatched is not None
+    assert dispatched.task.cancel_requested
+    # A cancel of a run whose task is leased queues nothing more.
+    await store.start_run(StartRunSpec(workflow_name="wf", run_id="b"))
+    busy = await claim_one(store)
+    await store.cancel_run("b", reason="stop", identity="me")
+    assert busy.run_id == "b"
+    assert (
+        await store.claim_tasks(
+            queues=["wf"], limit=5, lease_nanos=SECOND, worker_id="w", session_id="s"
+        )
+        == []
+    )
+
+
+async def test_producer_runs_get_no_tasks(store: Store) -> None:
+    await store.append_events([ev("p", "run_created", 1, workflow_name="wf")])
+    await store.cancel_run("p", reason="stop", identity="me")
+    assert (
+        await store.claim_tasks(
+            queues=["wf"], limit=5, lease_nanos=SECOND, worker_id="w", session_id="s"
+        )
+        == []
+    )
+
+
+async def test_a_dispatch_of_a_run_that_ended_meanwhile_finishes_the_task(store: Store) -> None:
+    await store.start_run(StartRunSpec(workflow_name="wf", run_id="a"))
+    await store.append_events([ev("a", "run_failed", 1)])
+    task = await claim_one(store)
+    assert await store.dispatch(task, RUNTIME) is None
+    (state,) = await store.heartbeat(
+        [("a", task.task_id, 1)], lease_nanos=SECOND, session_id="s", worker_id="w"
+    )
+    assert not state.live
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_two_coordinators_never_lease_one_task_twice(engine: AsyncEngine) -> None:
+    stores = [Store(engine) for _ in range(2)]
+    for s in stores:
+        await s.start()
+    try:
+        for i in range(40):
+            await stores[0].start_run(StartRunSpec(workflow_name="wf", run_id=f"r{i}"))
+        claimed = await asyncio.gather(
+            *(
+                s.claim_tasks(
+                    queues=["wf"],
+                    limit=3,
+                    lease_nanos=60 * SECOND,
+                    worker_id=f"w{n}",
+                    session_id=f"s{n}",
+                )
+                for n, s in enumerate(stores * 10)
+            )
+        )
+    finally:
+        for s in stores:
+            await s.close()
+    ids = [t.task_id for batch in claimed for t in batch]
+    assert len(ids) == len(set(ids)) == 40
