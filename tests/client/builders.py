@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ledgerflow.v1 import ledger_pb2, run_service_pb2
+from ledgerflow.ledger import json_payload
+from ledgerflow.v1 import common_pb2, ledger_pb2, run_service_pb2
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -54,3 +56,29 @@ def event(seq: int, run_id: str = "r1", step_id: str = "") -> ledger_pb2.LedgerE
 
 def log_line(seq: int, text: str, channel: str = "stdout") -> ledger_pb2.LogLine:
     return ledger_pb2.LogLine(seq=seq, channel=channel, text=text)
+
+
+def produced(run_id: str, case: str, **fields: Any) -> ledger_pb2.LedgerEvent:
+    """A producer's event for AppendEvents: ``case`` is the payload, seq left to the coordinator."""
+    ev = ledger_pb2.LedgerEvent(run_id=run_id, source=ledger_pb2.EVENT_SOURCE_WORKER)
+    ev.event_time.CopyFrom(ts())
+    body = getattr(ev, case)
+    body.CopyFrom(type(body)(**fields))
+    body.SetInParent()
+    return ev
+
+
+def ended(
+    run_id: str, status: str, result: object = None, *, error_type: str = "", message: str = ""
+) -> ledger_pb2.LedgerEvent:
+    """The terminal event a worker (or operator) appends: status ``completed``, ``failed``...
+
+    ``result`` is a completed run's output (JSON); ``error_type`` and ``message`` make
+    the ErrorInfo (``message`` is the reason of ``terminated``).
+    """
+    if status == "completed":
+        return produced(run_id, "run_completed", result=json_payload(result))
+    if status == "terminated":
+        return produced(run_id, "run_terminated", reason=message)
+    error = common_pb2.ErrorInfo(type=error_type, message=message)
+    return produced(run_id, f"run_{status}", error=error)

@@ -100,7 +100,7 @@ async def test_start_run_refuses_input_that_is_not_json_before_calling(
     fake: FakeCoordinator, client: Client
 ) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
-        await client.start_run("checkout", {1, 2})
+        await client.start_run("checkout", {"at": object()})
     assert caught.value.field == "input"
     with pytest.raises(InvalidArgumentError, match="input"):
         await client.start_run("checkout", float("nan"))

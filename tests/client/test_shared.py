@@ -1,4 +1,4 @@
-"""The pure pieces both clients share: status names, error mapping, identity, surface."""
+"""The pure pieces both clients share: status names, errors, identity, reconnects, surface."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import importlib
 import grpc
 import pytest
 
+from ledgerflow import workflow
 from ledgerflow.client import _errors, _requests
 from ledgerflow.errors import (
     STATUS_CODE_NAMES,
     CoordinatorUnavailableError,
     InvalidArgumentError,
     LedgerflowError,
+    RunEndedError,
 )
 from ledgerflow.v1 import ledger_pb2
 
@@ -93,8 +95,49 @@ def test_public_names_are_exactly_these() -> None:
             "Client",
             "EventsPage",
             "ListRunsPage",
+            "RunHandle",
             "RunStatusLike",
             "StartRunResult",
             "SyncClient",
+            "SyncRunHandle",
         ]
     )
+
+
+def test_reconnect_backs_off_exponentially_and_starts_over_after_a_snapshot() -> None:
+    reconnect = _requests.Reconnect(first_delay=0.1, max_delay=1.0)
+    assert [reconnect.delay(0.0) for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    reconnect.received()
+    assert reconnect.delay(0.0) == 0.1
+
+
+def test_reconnect_gives_up_only_after_failing_for_the_whole_window() -> None:
+    down = CoordinatorUnavailableError("cannot reach the coordinator at a:1: down")
+    reconnect = _requests.Reconnect(give_up_after=60.0)
+    reconnect.delay(100.0, down)
+    reconnect.delay(159.0, down)
+    reconnect.succeeded()  # reachable again (a clean stream end is not a failure)
+    reconnect.delay(200.0, down)
+    reconnect.delay(259.9, down)
+    with pytest.raises(CoordinatorUnavailableError) as caught:
+        reconnect.delay(260.0, down)
+    assert caught.value is down
+
+
+def test_a_terminal_status_without_its_own_error_class_is_a_run_ended_error() -> None:
+    snap = ledger_pb2.RunSnapshot(run_id="r", status=ledger_pb2.RunStatus.ValueType(42))
+    with pytest.raises(RunEndedError) as caught:
+        _requests.run_result(snap, None)
+    assert type(caught.value) is RunEndedError
+    assert str(caught.value) == "run r ended without completing"
+
+
+def test_workflow_target_resolves_names_and_definitions() -> None:
+    @workflow.defn(name="w", version="2")
+    async def body(ctx: workflow.Context, n: int) -> list[int]:
+        return [n]
+
+    assert _requests.workflow_target("w", None) == _requests.WorkflowTarget("w", "", None)
+    assert _requests.workflow_target("w", "3") == _requests.WorkflowTarget("w", "3", None)
+    assert _requests.workflow_target(body, None) == _requests.WorkflowTarget("w", "2", list[int])
+    assert _requests.workflow_target(body, "").version == ""

@@ -1,9 +1,10 @@
-"""``ledgerflow run ...``: inspect and control runs on a running coordinator.
+"""``ledgerflow run ...``: start, inspect and control runs on a running coordinator.
 
 Every command takes ``--address HOST:PORT`` (env ``LEDGERFLOW_ADDRESS``, default
 ``127.0.0.1:7170``) and ``--json`` (one JSON object per line, proto messages in proto
 JSON). Exit status: 0 done, 1 the coordinator refused or could not be reached (one line
-``ledgerflow: <message>``), 2 bad input, 130 interrupted.
+``ledgerflow: <message>``) or, for ``run start --watch``, the run did not complete,
+2 bad input, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import closing
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +44,8 @@ _STATUS_CHOICES = [
 
 _EVENT_SUBJECT_FIELDS = ("step_id", "waitpoint_id", "name")
 
-_Body = Callable[[SyncClient, argparse.Namespace], None]
+# A body returns its exit status, or None for 0.
+_Body = Callable[[SyncClient, argparse.Namespace], int | None]
 
 
 def register(commands: Any) -> None:
@@ -63,6 +66,55 @@ def register(commands: Any) -> None:
     common.add_argument(
         "--json", action="store_true", help="print one JSON object per line (proto JSON)"
     )
+
+    cmd = sub.add_parser(
+        "start",
+        parents=[common],
+        help="start a run of a workflow",
+        description=(
+            "Start a run of WORKFLOW and print its id, or the id of the run a repeated "
+            "--run-id or --idempotency-key started before. With --watch, follow the run "
+            "as `run watch` does until it ends: exit status 0 when it completed, 1 when "
+            "it failed, was cancelled, timed out or was terminated."
+        ),
+    )
+    cmd.add_argument("workflow", metavar="WORKFLOW", help="the workflow's registered name")
+    cmd.add_argument(
+        "--input",
+        type=_json_value,
+        default=None,
+        metavar="JSON",
+        help="the run's input, a JSON value (default: null)",
+    )
+    cmd.add_argument(
+        "--run-id", default="", metavar="ID", help="the run's id (default: the coordinator's)"
+    )
+    cmd.add_argument(
+        "--idempotency-key",
+        default="",
+        metavar="KEY",
+        help="a repeated start with this key returns the first run instead of a new one",
+    )
+    cmd.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        dest="tags",
+        metavar="TAG",
+        help="label the run (repeatable)",
+    )
+    cmd.add_argument(
+        "--workflow-version",
+        default="",
+        metavar="VERSION",
+        help="pin a workflow version (default: any)",
+    )
+    cmd.add_argument(
+        "--watch",
+        action="store_true",
+        help="follow the run until it ends; exit 1 unless it completed",
+    )
+    cmd.set_defaults(handler=_connected(_start))
 
     cmd = sub.add_parser("list", parents=[common], help="list runs, newest first")
     cmd.add_argument(
@@ -218,11 +270,11 @@ def _connected(body: _Body) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         try:
             with SyncClient.connect(args.address, connect_timeout=CONNECT_TIMEOUT) as client:
-                body(client, args)
+                status = body(client, args)
                 sys.stdout.flush()
         except RunNotFoundError as err:
             run_id = getattr(args, "run_id", None)
-            return _fail(f"run {run_id} not found" if run_id is not None else str(err))
+            return _fail(f"run {run_id} not found" if run_id else str(err))
         except LedgerflowError as err:
             return _fail(str(err))
         except KeyboardInterrupt:
@@ -231,7 +283,8 @@ def _connected(body: _Body) -> Callable[[argparse.Namespace], int]:
             # The reader went away (`| head`): stop quietly, and keep the interpreter's
             # final flush of stdout from reporting the same broken pipe again.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+            return 0
+        return status or 0
 
     return handler
 
@@ -460,26 +513,76 @@ def _signal(client: SyncClient, args: argparse.Namespace) -> None:
         _out(f"signal {args.name} sent to run {args.run_id} (seq {response.seq})")
 
 
+class _WatchPrinter:
+    """Prints a run's snapshots as `run watch` does: a line per status or active step change."""
+
+    def __init__(self, *, as_json: bool) -> None:
+        self._as_json = as_json
+        self._shown: tuple[int, str] | None = None
+
+    def show(self, snap: ledger_pb2.RunSnapshot) -> None:
+        state = (snap.status, snap.active_step_id)
+        if self._as_json:
+            _json(snap)
+        elif state != self._shown:
+            line = f"{_time(snap.update_time)}  {_status(snap.status)}"
+            if snap.HasField("active_step_id"):
+                line += f"  step {snap.active_step_id}"
+            if is_terminal(snap.status) and snap.HasField("error"):
+                line += f"  {_error(snap.error)}"
+            _out(line)
+        self._shown = state
+        sys.stdout.flush()
+
+
 def _watch(client: SyncClient, args: argparse.Namespace) -> None:
-    shown: tuple[int, str] | None = None
+    printer = _WatchPrinter(as_json=args.json)
     snapshots = client.watch_run(args.run_id, after_seq=args.after)
     try:
         for snap in snapshots:
-            state = (snap.status, snap.active_step_id)
-            if args.json:
-                _json(snap)
-            elif state != shown:
-                line = f"{_time(snap.update_time)}  {_status(snap.status)}"
-                if snap.HasField("active_step_id"):
-                    line += f"  step {snap.active_step_id}"
-                if is_terminal(snap.status) and snap.HasField("error"):
-                    line += f"  {_error(snap.error)}"
-                _out(line)
-            shown = state
-            sys.stdout.flush()
+            printer.show(snap)
             # The coordinator ends the stream after the terminal snapshot; stopping here
             # too keeps the command from hanging on one that does not.
             if is_terminal(snap.status):
                 break
     finally:
         snapshots.close()
+
+
+def _start(client: SyncClient, args: argparse.Namespace) -> int:
+    # start_run rather than start: the output shows the whole snapshot StartRun answered.
+    started = client.start_run(
+        args.workflow,
+        args.input,
+        run_id=args.run_id,
+        idempotency_key=args.idempotency_key,
+        tags=args.tags,
+        workflow_version=args.workflow_version,
+    )
+    snap = started.snapshot
+    if args.json:
+        _json(snap, created=started.created)
+    elif started.created:
+        _out(f"run {started.run_id} created")
+    else:
+        _out(f"run {started.run_id} already existed ({_status(snap.status)})")
+    if not args.watch:
+        return 0
+    sys.stdout.flush()  # the run id is useful before the run ends
+    printer = _WatchPrinter(as_json=args.json)
+    if not args.json:  # the JSON line above already carries this snapshot
+        printer.show(snap)
+    final = snap
+    if not is_terminal(snap.status):
+        # The handle's watch resumes after a coordinator restart, which a command that
+        # may follow a run for hours should survive; starting after the snapshot just
+        # shown keeps it from being shown twice.
+        handle = client.get_handle(started.run_id)
+        with closing(handle.watch(after_seq=snap.last_seq)) as snapshots:
+            for final in snapshots:
+                printer.show(final)
+    if final.status != ledger_pb2.RUN_STATUS_COMPLETED:
+        return EXIT_ERROR
+    if not args.json and final.HasField("result"):
+        _out(f"result  {_payload(final.result)}")
+    return 0

@@ -1,23 +1,35 @@
-"""The asyncio client: every RunService call, typed, over one ``grpc.aio`` channel."""
+"""The asyncio client: every RunService call, typed, over one ``grpc.aio`` channel.
+
+:class:`RunHandle` is the run-level API on top (``start`` returns one): wait for the
+result, watch, signal, cancel.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from contextlib import aclosing
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar, overload
 
 import grpc
 from grpc import aio
 
 from ledgerflow.client import _requests as rq
 from ledgerflow.client._errors import from_rpc_error, unavailable
+from ledgerflow.errors import CoordinatorUnavailableError, LedgerflowError, ResultTimeoutError
+from ledgerflow.ledger import is_terminal
 from ledgerflow.v1 import ledger_pb2, run_service_pb2, run_service_pb2_grpc
+from ledgerflow.workflow import WorkflowDefinition
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 _T = TypeVar("_T")
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
+_OutT = TypeVar("_OutT", covariant=True)
 
 
 class Client:
@@ -251,6 +263,96 @@ class Client:
             execution_timeout=execution_timeout,
         )
         return rq.start_run_result(await self._call(self._stub.StartRun, request))
+
+    @overload
+    async def start(
+        self,
+        workflow: WorkflowDefinition[_In, _Out],
+        input: _In = ...,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        version: str | None = None,
+        tags: Iterable[str] = (),
+        execution_timeout: timedelta | None = None,
+    ) -> RunHandle[_Out]: ...
+    @overload
+    async def start(
+        self,
+        workflow: str,
+        input: object = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        version: str | None = None,
+        tags: Iterable[str] = (),
+        execution_timeout: timedelta | None = None,
+    ) -> RunHandle[Any]: ...
+    async def start(
+        self,
+        workflow: str | WorkflowDefinition[Any, Any],
+        input: object = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        version: str | None = None,
+        tags: Iterable[str] = (),
+        execution_timeout: timedelta | None = None,
+    ) -> RunHandle[Any]:
+        """Start a run of a workflow and return its handle.
+
+        Retrying is safe with a ``run_id`` or an ``idempotency_key``: a repeated start
+        returns the first run, with ``handle.created`` False.
+
+        Args:
+            workflow: The workflow's registered name, or its ``@workflow.defn``
+                definition (its name and version are sent, and ``result()`` decodes
+                into its return type).
+            input: The workflow's input, converted as the workflow engine converts
+                values: JSON values, dataclasses, pydantic models, enums, datetimes,
+                UUIDs; a ``Payload`` is sent as is.
+            run_id: A client-chosen run id; None lets the coordinator choose.
+            idempotency_key: Makes retries return the first run started with it.
+            version: Pins a workflow version, overriding the definition's; None keeps
+                the definition's (a name alone takes any version).
+            tags: Labels for the run.
+            execution_timeout: Bounds the run's whole life; None means no limit.
+
+        Returns:
+            The run's handle.
+
+        Raises:
+            InvalidArgumentError: The input has no JSON form, or the coordinator refused
+                a field (``field`` names it).
+            RunAlreadyExistsError: ``run_id`` exists for another workflow.
+            PayloadTooLargeError: The input exceeds the coordinator's limit.
+        """
+        target = rq.workflow_target(workflow, version)
+        started = await self.start_run(
+            target.name,
+            input,
+            run_id=run_id or "",
+            idempotency_key=idempotency_key or "",
+            tags=tags,
+            workflow_version=target.version,
+            execution_timeout=execution_timeout,
+        )
+        return RunHandle(
+            self, started.run_id, created=started.created, result_type=target.result_type
+        )
+
+    def get_handle(self, run_id: str, *, result_type: Any = None) -> RunHandle[Any]:
+        """Return a handle to an existing run; no call is made until it is used.
+
+        Args:
+            run_id: The run.
+            result_type: The type ``result()`` decodes a completed run's result into;
+                None returns plain JSON.
+
+        Returns:
+            The handle (``created`` is False).
+        """
+        return RunHandle(self, run_id, result_type=result_type)
 
     async def get_run(self, run_id: str) -> ledger_pb2.RunSnapshot:
         """Return a run's snapshot.
@@ -499,3 +601,201 @@ class Client:
         """
         request = rq.report_status(patch, batch_id)
         return await self._call(self._stub.ReportStatus, request)
+
+
+class RunHandle(Generic[_OutT]):
+    """One run on a coordinator: wait for its result, watch, signal or cancel it.
+
+    Get one from :meth:`Client.start` or :meth:`Client.get_handle`. A handle is a
+    run id and a client: it holds no state of the run and stays valid for as long
+    as the client is open. Errors are those of :class:`Client`.
+
+    Args:
+        client: The client the handle calls through.
+        run_id: The run.
+        created: Whether the call that made the handle created the run.
+        result_type: The type :meth:`result` decodes into by default.
+    """
+
+    def __init__(
+        self, client: Client, run_id: str, *, created: bool = False, result_type: Any = None
+    ) -> None:
+        self._client = client
+        self._run_id = run_id
+        self._created = created
+        self._result_type = result_type
+
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+        return self._run_id
+
+    @property
+    def created(self) -> bool:
+        """Whether ``start`` created the run (False: it returned an existing one)."""
+        return self._created
+
+    @property
+    def client(self) -> Client:
+        """The client the handle calls through."""
+        return self._client
+
+    def __repr__(self) -> str:
+        return f"RunHandle(run_id={self._run_id!r}, created={self._created})"
+
+    # A timeout argument rather than the caller's asyncio.timeout (ASYNC109): expiry
+    # raises ResultTimeoutError carrying the last snapshot seen, as SyncRunHandle does.
+    @overload
+    async def result(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> _OutT: ...
+    @overload
+    async def result(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        result_type: type[_T],
+    ) -> _T: ...
+    async def result(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        result_type: Any = rq.HANDLE_RESULT_TYPE,
+    ) -> Any:
+        """Wait for the run to end; return its result, or raise why it did not complete.
+
+        Follows the run with WatchRun (no polling), resuming after a coordinator
+        restart as :meth:`watch` does. A run that has already ended answers at once.
+
+        Args:
+            timeout: Seconds to wait; None waits for as long as the run takes.
+            result_type: Decode the result into this type (a dataclass, a pydantic
+                model, ``list[X]``, ...; ``Payload`` for the stored payload); by
+                default the workflow definition's return type, else plain JSON.
+
+        Returns:
+            The completed run's result; None when it has none.
+
+        Raises:
+            RunFailedError: The run failed (``error_type``, ``error_message`` and the
+                final ``snapshot`` say how).
+            RunCancelledError: The run was cancelled.
+            RunTimedOutError: The run passed its execution timeout.
+            RunTerminatedError: An operator terminated the run.
+            ResultTimeoutError: ``timeout`` passed first; the run goes on.
+            RunNotFoundError: No run has this id.
+            LedgerflowError: The result does not decode as ``result_type``.
+        """
+        hint = self._result_type if result_type is rq.HANDLE_RESULT_TYPE else result_type
+        latest: ledger_pb2.RunSnapshot | None = None
+        scope = asyncio.timeout(timeout)
+        try:
+            async with scope, aclosing(self.watch()) as snapshots:
+                async for latest in snapshots:  # noqa: B007 - the last one is the outcome
+                    pass
+        except TimeoutError as err:
+            if timeout is None or not scope.expired():
+                raise
+            raise ResultTimeoutError(self._run_id, timeout, latest) from err
+        if latest is None or not is_terminal(latest.status):  # watch() only ends at the end
+            raise LedgerflowError(f"run {self._run_id}: the watch ended before the run did")
+        return rq.run_result(latest, hint)
+
+    def watch(self, *, after_seq: int = 0) -> AsyncGenerator[ledger_pb2.RunSnapshot, None]:
+        """Stream the run's snapshot: the current one, then one per change, until it ends.
+
+        Unlike :meth:`Client.watch_run`, the watch survives the coordinator going away:
+        when the stream ends before the run does (a coordinator shutting down ends
+        streams cleanly) or the coordinator cannot be reached, it resumes from the
+        last snapshot seen, with backoff. It raises ``CoordinatorUnavailableError``
+        only after a minute without reaching the coordinator. Close it early with
+        :func:`contextlib.aclosing`.
+
+        Args:
+            after_seq: Resume an earlier watch: skip the first snapshot unless the run
+                changed after this seq (the ``last_seq`` of the last snapshot seen).
+
+        Returns:
+            The snapshots; the last one is terminal.
+        """
+        return self._watch(after_seq)
+
+    async def _watch(self, after_seq: int) -> AsyncGenerator[ledger_pb2.RunSnapshot, None]:
+        last = after_seq
+        reconnect = rq.Reconnect()
+        while True:
+            try:
+                async with aclosing(self._client.watch_run(self._run_id, after_seq=last)) as stream:
+                    async for snapshot in stream:
+                        reconnect.received()
+                        last = snapshot.last_seq
+                        yield snapshot
+                        if is_terminal(snapshot.status):
+                            return
+                # The stream ended early. It also ends at once, sending nothing, for a run
+                # that had already ended by ``after_seq``: only the snapshot tells which.
+                snapshot = await self._client.get_run(self._run_id)
+                reconnect.succeeded()
+                if is_terminal(snapshot.status):
+                    if snapshot.last_seq > last:
+                        yield snapshot
+                    return
+                delay = reconnect.delay(time.monotonic())
+            except CoordinatorUnavailableError as err:
+                delay = reconnect.delay(time.monotonic(), err)
+            await asyncio.sleep(delay)
+
+    async def describe(self) -> ledger_pb2.RunSnapshot:
+        """Return the run's current snapshot.
+
+        Raises:
+            RunNotFoundError: No run has this id.
+        """
+        return await self._client.get_run(self._run_id)
+
+    async def cancel(
+        self, reason: str = "", *, identity: str = ""
+    ) -> run_service_pb2.CancelRunResponse:
+        """Ask for the run to be cancelled; a repeated request is acknowledged, not repeated.
+
+        The run ends cancelled once its worker has compensated; :meth:`result` then
+        raises ``RunCancelledError``.
+
+        Args:
+            reason: Recorded in the ledger.
+            identity: Who asks; empty means the client's identity.
+
+        Returns:
+            The cancel_requested event's seq and whether it was already requested.
+
+        Raises:
+            RunNotFoundError: No run has this id.
+            FailedPreconditionError: The run has finished.
+        """
+        return await self._client.cancel_run(self._run_id, reason, identity)
+
+    async def signal(
+        self, name: str, payload: object = None, *, request_id: str = "", identity: str = ""
+    ) -> run_service_pb2.SignalRunResponse:
+        """Send a signal to the run.
+
+        Args:
+            name: The signal's name.
+            payload: The signal's body, converted like ``start``'s input.
+            request_id: Deduplicates retried sends; empty means no deduplication.
+            identity: Who sends; empty means the client's identity.
+
+        Returns:
+            The signal event's seq and whether ``request_id`` was already used.
+
+        Raises:
+            RunNotFoundError: No run has this id.
+            FailedPreconditionError: The run has finished.
+            PayloadTooLargeError: The payload exceeds the coordinator's limit.
+            InvalidArgumentError: The payload has no JSON form.
+        """
+        return await self._client.signal_run(
+            self._run_id, name, payload, request_id=request_id, identity=identity
+        )

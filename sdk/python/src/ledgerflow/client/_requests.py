@@ -12,13 +12,26 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
+from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ledgerflow.errors import InvalidArgumentError, LedgerflowError
-from ledgerflow.ledger import json_payload
+from ledgerflow.errors import (
+    CoordinatorUnavailableError,
+    InvalidArgumentError,
+    LedgerflowError,
+    RunCancelledError,
+    RunEndedError,
+    RunFailedError,
+    RunTerminatedError,
+    RunTimedOutError,
+)
 from ledgerflow.v1 import common_pb2, ledger_pb2, run_service_pb2
+from ledgerflow.workflow import WorkflowDefinition
+
+# The engine's own conversion, so a value a body receives is exactly what the client sent.
+from ledgerflow.workflow._convert import decode, encode
 
 DEFAULT_RPC_TIMEOUT = 30.0
 """Seconds a unary call may take before it fails as unavailable (streams have no deadline)."""
@@ -122,15 +135,18 @@ def status_name(status: ledger_pb2.RunStatus.ValueType) -> str:
 
 
 def payload(value: object, field: str) -> common_pb2.Payload:
-    """Encode a value as a JSON payload; a ``Payload`` passes through as is (custom codecs).
+    """Encode a value as the workflow engine does; a ``Payload`` passes through (custom codecs).
+
+    JSON values, dataclasses, pydantic models, enums, datetimes and UUIDs are encoded
+    as JSON (see ``ledgerflow.workflow._convert``).
 
     Raises:
-        InvalidArgumentError: If the value is not JSON-encodable.
+        InvalidArgumentError: If the value has no JSON form.
     """
     if isinstance(value, common_pb2.Payload):
         return value
     try:
-        return json_payload(value)
+        return encode(value)
     except (TypeError, ValueError) as err:
         raise InvalidArgumentError(field, f"not JSON-encodable: {err}") from err
 
@@ -317,3 +333,150 @@ def next_after_seq(page: EventsPage) -> int | None:
     if not page.events:
         raise LedgerflowError("GetEvents said has_more on an empty page")
     return page.events[-1].seq
+
+
+# --- starting runs and waiting for them (RunHandle, SyncRunHandle) -------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowTarget:
+    """What ``start`` resolved its ``workflow`` argument to.
+
+    Attributes:
+        name: The workflow name to send.
+        version: The workflow version to send; empty takes any.
+        result_type: The type hint ``result()`` decodes into by default (None: plain JSON).
+    """
+
+    name: str
+    version: str
+    result_type: Any
+
+
+def workflow_target(
+    workflow: str | WorkflowDefinition[Any, Any], version: str | None
+) -> WorkflowTarget:
+    """Resolve a workflow name or definition, and an explicit version, for StartRun.
+
+    Args:
+        workflow: A registered name, or a definition made by ``@workflow.defn``.
+        version: Overrides the definition's version; None keeps it (empty for a name).
+
+    Returns:
+        The name, the version and the definition's return type.
+
+    Raises:
+        InvalidArgumentError: If ``workflow`` is neither.
+    """
+    if isinstance(workflow, WorkflowDefinition):
+        pinned = workflow.version if version is None else version
+        return WorkflowTarget(workflow.name, pinned, workflow.output_type)
+    if isinstance(workflow, str):
+        return WorkflowTarget(workflow, version or "", None)
+    raise InvalidArgumentError(
+        "workflow",
+        f"expected a workflow name or a @workflow.defn definition, got {type(workflow).__name__}",
+    )
+
+
+class _HandleResultType:
+    def __repr__(self) -> str:
+        return "<the handle's result type>"
+
+
+HANDLE_RESULT_TYPE: Any = _HandleResultType()
+"""``result()``'s default ``result_type``: the handle's own (None already means plain JSON)."""
+
+_ENDED_ERRORS: dict[ledger_pb2.RunStatus.ValueType, type[RunEndedError]] = {
+    ledger_pb2.RUN_STATUS_FAILED: RunFailedError,
+    ledger_pb2.RUN_STATUS_CANCELLED: RunCancelledError,
+    ledger_pb2.RUN_STATUS_TIMED_OUT: RunTimedOutError,
+    ledger_pb2.RUN_STATUS_TERMINATED: RunTerminatedError,
+}
+
+
+def run_result(snapshot: ledger_pb2.RunSnapshot, result_type: Any) -> Any:
+    """Return a terminal run's decoded result, or raise the error its status stands for.
+
+    Args:
+        snapshot: The run's terminal snapshot.
+        result_type: The type to decode a completed run's result into: a dataclass, a
+            pydantic model, ``list[X]``..., None for plain JSON, or ``Payload`` for the
+            payload as stored (custom codecs).
+
+    Returns:
+        The result; None when the run completed without one.
+
+    Raises:
+        RunEndedError: The run did not complete (the subclass names its status).
+        LedgerflowError: The result does not decode as ``result_type``.
+    """
+    if snapshot.status != ledger_pb2.RUN_STATUS_COMPLETED:
+        raise _ENDED_ERRORS.get(snapshot.status, RunEndedError)(snapshot)
+    stored = snapshot.result if snapshot.HasField("result") else None
+    if result_type is common_pb2.Payload:
+        return stored if stored is not None else common_pb2.Payload()
+    try:
+        return decode(stored, result_type)
+    except (TypeError, ValueError, KeyError) as err:
+        shown = getattr(result_type, "__name__", repr(result_type))
+        raise LedgerflowError(
+            f"run {snapshot.run_id}: its result does not decode as {shown}: {err}"
+        ) from err
+
+
+@dataclass(slots=True)
+class Reconnect:
+    """When a handle's watch resumes after its stream ended early, and when it gives up.
+
+    A coordinator that shuts down ends WatchRun streams cleanly, before the run's
+    end; one that is restarting cannot be reached for a while. Either way the watch
+    resumes from the last snapshot it saw, waiting a little longer each time
+    (exponential, capped) so a coordinator that keeps closing streams is not hammered.
+    It gives up, raising the connection error, only once the coordinator has been
+    unreachable for ``give_up_after`` seconds without a call succeeding in between:
+    long enough for a restart, short enough that a wrong address is reported.
+
+    Attributes:
+        first_delay: Seconds before the first retry.
+        max_delay: The cap on the delay between retries.
+        give_up_after: Seconds of continuous failure after which the error is raised.
+    """
+
+    first_delay: float = 0.05
+    max_delay: float = 2.0
+    give_up_after: float = 60.0
+    _delay: float = 0.0
+    _failing_since: float | None = None
+
+    def received(self) -> None:
+        """A snapshot arrived: the next interruption retries at once-ish again."""
+        self._delay = 0.0
+        self._failing_since = None
+
+    def succeeded(self) -> None:
+        """A call succeeded: the coordinator is reachable, whatever the stream did."""
+        self._failing_since = None
+
+    def delay(self, now: float, error: CoordinatorUnavailableError | None = None) -> float:
+        """Return the seconds to wait before resuming.
+
+        Args:
+            now: The current monotonic time.
+            error: The connection error that interrupted the watch; None when its
+                stream ended cleanly.
+
+        Returns:
+            The delay.
+
+        Raises:
+            CoordinatorUnavailableError: ``error``, once the coordinator has been
+                unreachable for ``give_up_after`` seconds.
+        """
+        if error is not None:
+            if self._failing_since is None:
+                self._failing_since = now
+            elif now - self._failing_since >= self.give_up_after:
+                raise error
+        self._delay = min(self.max_delay, max(self.first_delay, self._delay * 2))
+        return self._delay

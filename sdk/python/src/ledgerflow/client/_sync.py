@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Sequence
+from contextlib import closing
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar, overload
 
 import grpc
 
 from ledgerflow.client import _requests as rq
 from ledgerflow.client._errors import from_rpc_error, unavailable
+from ledgerflow.errors import CoordinatorUnavailableError, LedgerflowError, ResultTimeoutError
+from ledgerflow.ledger import is_terminal
 from ledgerflow.v1 import ledger_pb2, run_service_pb2, run_service_pb2_grpc
+from ledgerflow.workflow import WorkflowDefinition
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 _T = TypeVar("_T")
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
+_OutT = TypeVar("_OutT", covariant=True)
 
 _SETTLED = frozenset(
     {
@@ -187,9 +195,17 @@ class SyncClient:
     def __repr__(self) -> str:
         return f"SyncClient(address={self._address!r})"
 
-    def _call(self, method: grpc.UnaryUnaryMultiCallable[_Req, _Resp], request: _Req) -> _Resp:
+    def _call(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[_Req, _Resp],
+        request: _Req,
+        *,
+        deadline: float | None = None,
+    ) -> _Resp:
+        # ``deadline`` (monotonic) shortens the call to fit a caller's own timeout.
+        timeout = _until(deadline, self._rpc_timeout)
         try:
-            return method(request, timeout=self._rpc_timeout)
+            return method(request, timeout=timeout)
         except grpc.RpcError as err:
             raise from_rpc_error(err, self._address) from err
 
@@ -198,8 +214,10 @@ class SyncClient:
         method: grpc.UnaryStreamMultiCallable[_Req, _Resp],
         request: _Req,
         items: Callable[[_Resp], Iterable[_T]],
+        *,
+        deadline: float | None = None,
     ) -> Generator[_T, None, None]:
-        call = method(request)
+        call = method(request, timeout=_until(deadline, None))
         try:
             for response in call:
                 yield from items(response)
@@ -231,6 +249,60 @@ class SyncClient:
             execution_timeout=execution_timeout,
         )
         return rq.start_run_result(self._call(self._stub.StartRun, request))
+
+    @overload
+    def start(
+        self,
+        workflow: WorkflowDefinition[_In, _Out],
+        input: _In = ...,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        version: str | None = None,
+        tags: Iterable[str] = (),
+        execution_timeout: timedelta | None = None,
+    ) -> SyncRunHandle[_Out]: ...
+    @overload
+    def start(
+        self,
+        workflow: str,
+        input: object = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        version: str | None = None,
+        tags: Iterable[str] = (),
+        execution_timeout: timedelta | None = None,
+    ) -> SyncRunHandle[Any]: ...
+    def start(
+        self,
+        workflow: str | WorkflowDefinition[Any, Any],
+        input: object = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        version: str | None = None,
+        tags: Iterable[str] = (),
+        execution_timeout: timedelta | None = None,
+    ) -> SyncRunHandle[Any]:
+        """Start a run of a workflow and return its handle; see :meth:`Client.start`."""
+        target = rq.workflow_target(workflow, version)
+        started = self.start_run(
+            target.name,
+            input,
+            run_id=run_id or "",
+            idempotency_key=idempotency_key or "",
+            tags=tags,
+            workflow_version=target.version,
+            execution_timeout=execution_timeout,
+        )
+        return SyncRunHandle(
+            self, started.run_id, created=started.created, result_type=target.result_type
+        )
+
+    def get_handle(self, run_id: str, *, result_type: Any = None) -> SyncRunHandle[Any]:
+        """Return a handle to an existing run; see :meth:`Client.get_handle`."""
+        return SyncRunHandle(self, run_id, result_type=result_type)
 
     def get_run(self, run_id: str) -> ledger_pb2.RunSnapshot:
         """Return a run's snapshot; see :meth:`Client.get_run`."""
@@ -346,3 +418,143 @@ class SyncClient:
     ) -> run_service_pb2.ReportStatusResponse:
         """Report a coarse status; see :meth:`Client.report_status`."""
         return self._call(self._stub.ReportStatus, rq.report_status(patch, batch_id))
+
+
+def _until(deadline: float | None, cap: float | None) -> float | None:
+    """Return the seconds left before ``deadline`` (monotonic), at most ``cap``."""
+    if deadline is None:
+        return cap
+    left = max(0.0, deadline - time.monotonic())
+    return left if cap is None else min(left, cap)
+
+
+class SyncRunHandle(Generic[_OutT]):
+    """One run on a coordinator, blocking: :class:`RunHandle`'s API without ``await``.
+
+    Get one from :meth:`SyncClient.start` or :meth:`SyncClient.get_handle`. Methods
+    take the same arguments and raise the same errors as :class:`RunHandle`'s; see
+    its docstrings. A handle may be shared by threads.
+
+    Args:
+        client: The client the handle calls through.
+        run_id: The run.
+        created: Whether the call that made the handle created the run.
+        result_type: The type :meth:`result` decodes into by default.
+    """
+
+    def __init__(
+        self, client: SyncClient, run_id: str, *, created: bool = False, result_type: Any = None
+    ) -> None:
+        self._client = client
+        self._run_id = run_id
+        self._created = created
+        self._result_type = result_type
+
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+        return self._run_id
+
+    @property
+    def created(self) -> bool:
+        """Whether ``start`` created the run (False: it returned an existing one)."""
+        return self._created
+
+    @property
+    def client(self) -> SyncClient:
+        """The client the handle calls through."""
+        return self._client
+
+    def __repr__(self) -> str:
+        return f"SyncRunHandle(run_id={self._run_id!r}, created={self._created})"
+
+    @overload
+    def result(self, *, timeout: float | None = None) -> _OutT: ...
+    @overload
+    def result(self, *, timeout: float | None = None, result_type: type[_T]) -> _T: ...
+    def result(
+        self, *, timeout: float | None = None, result_type: Any = rq.HANDLE_RESULT_TYPE
+    ) -> Any:
+        """Block until the run ends; return its result; see :meth:`RunHandle.result`."""
+        hint = self._result_type if result_type is rq.HANDLE_RESULT_TYPE else result_type
+        final: ledger_pb2.RunSnapshot | None = None
+        with closing(self._watch(0, timeout)) as snapshots:
+            for final in snapshots:  # noqa: B007 - the last one is the outcome
+                pass
+        if final is None or not is_terminal(final.status):  # _watch only ends at the end
+            raise LedgerflowError(f"run {self._run_id}: the watch ended before the run did")
+        return rq.run_result(final, hint)
+
+    def watch(self, *, after_seq: int = 0) -> Generator[ledger_pb2.RunSnapshot, None, None]:
+        """Stream the run's snapshots until it ends, resuming after coordinator restarts.
+
+        See :meth:`RunHandle.watch`; close it early with :func:`contextlib.closing`.
+        """
+        return self._watch(after_seq, None)
+
+    def _watch(
+        self, after_seq: int, timeout: float | None
+    ) -> Generator[ledger_pb2.RunSnapshot, None, None]:
+        # The same loop as RunHandle._watch. A timeout bounds every call and wait, and
+        # its expiry (a DEADLINE_EXCEEDED, which the client reports as unavailable)
+        # becomes ResultTimeoutError.
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def expired(within: float) -> bool:
+            return deadline is not None and time.monotonic() + within >= deadline
+
+        client = self._client
+        last = after_seq
+        latest: ledger_pb2.RunSnapshot | None = None
+        reconnect = rq.Reconnect()
+        while True:
+            try:
+                request = rq.watch_run(self._run_id, last)
+                stream = client._stream(
+                    client._stub.WatchRun, request, rq.watched_snapshots, deadline=deadline
+                )
+                with closing(stream):
+                    for snapshot in stream:
+                        reconnect.received()
+                        last, latest = snapshot.last_seq, snapshot
+                        yield snapshot
+                        if is_terminal(snapshot.status):
+                            return
+                # The stream ended early, or at once for a run that had already ended by
+                # ``after_seq``: only the snapshot tells which.
+                snapshot = client._call(
+                    client._stub.GetRun, rq.get_run(self._run_id), deadline=deadline
+                ).run
+                reconnect.succeeded()
+                if is_terminal(snapshot.status):
+                    if snapshot.last_seq > last:
+                        yield snapshot
+                    return
+                delay = reconnect.delay(time.monotonic())
+            except CoordinatorUnavailableError as err:
+                if timeout is not None and deadline is not None and time.monotonic() >= deadline:
+                    raise ResultTimeoutError(self._run_id, timeout, latest) from err
+                delay = reconnect.delay(time.monotonic(), err)
+            if (
+                timeout is not None
+                and deadline is not None
+                and time.monotonic() + delay >= deadline
+            ):
+                raise ResultTimeoutError(self._run_id, timeout, latest)
+            time.sleep(delay)
+
+    def describe(self) -> ledger_pb2.RunSnapshot:
+        """Return the run's current snapshot; see :meth:`RunHandle.describe`."""
+        return self._client.get_run(self._run_id)
+
+    def cancel(self, reason: str = "", *, identity: str = "") -> run_service_pb2.CancelRunResponse:
+        """Ask for the run to be cancelled; see :meth:`RunHandle.cancel`."""
+        return self._client.cancel_run(self._run_id, reason, identity)
+
+    def signal(
+        self, name: str, payload: object = None, *, request_id: str = "", identity: str = ""
+    ) -> run_service_pb2.SignalRunResponse:
+        """Send a signal to the run; see :meth:`RunHandle.signal`."""
+        return self._client.signal_run(
+            self._run_id, name, payload, request_id=request_id, identity=identity
+        )
