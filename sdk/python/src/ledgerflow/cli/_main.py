@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ledgerflow.cli import _ledger, _run
+from ledgerflow.cli import _ledger, _run, _worker
 from ledgerflow.cli._common import EXIT_USAGE, CommandError
 from ledgerflow.coordinator import _cli as _coordinator_cli
 from ledgerflow.coordinator import _cli_server
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     _coordinator_cli.register(commands)
     _cli_server.register(commands)
     _run.register(commands)
+    _worker.register(commands)
     return parser
 
 

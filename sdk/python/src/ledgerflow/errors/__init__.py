@@ -9,9 +9,11 @@ them (see :data:`STATUS_CODE_NAMES`). Control flow inside workflow bodies
 derive from ``BaseException`` and live in :mod:`ledgerflow.workflow`.
 
 The workflow errors (:class:`NonDeterminismError`, :class:`StepFailedError`,
-:class:`WorkflowNotFoundError`, :class:`WorkflowUsageError`) are raised inside a
-worker and never travel as a status code, so they have no entry in
-:data:`STATUS_CODE_NAMES`.
+:class:`WorkflowNotFoundError`, :class:`WorkflowUsageError`) and
+:class:`WorkerRefusedError` are raised inside a worker and never travel as a status
+code, so they have no entry in :data:`STATUS_CODE_NAMES`. Neither do the run outcome errors
+(:class:`RunEndedError` and its subclasses, :class:`ResultTimeoutError`): a client
+raises them from a run's terminal snapshot, not from a failed call.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ledgerflow.v1 import common_pb2
+    from ledgerflow.v1 import common_pb2, ledger_pb2
 
 
 class LedgerflowError(Exception):
@@ -145,6 +147,129 @@ class WorkflowUsageError(LedgerflowError, RuntimeError):
     """
 
 
+class RunEndedError(LedgerflowError):
+    """A run ended without completing; raised by ``RunHandle.result()``.
+
+    Catch it for every unsuccessful end, or a subclass for one terminal status:
+    :class:`RunFailedError`, :class:`RunCancelledError`, :class:`RunTimedOutError`,
+    :class:`RunTerminatedError`. Like :class:`StepFailedError` it carries the
+    recorded ``ErrorInfo``, not the original exception, which lived in a worker.
+
+    Attributes:
+        run_id: The run.
+        status: Its terminal ``RunStatus`` value.
+        error: The run's recorded error (type, message, code, stack trace, cause);
+            an empty ``ErrorInfo`` when none was recorded.
+        error_type: Shortcut for ``error.type``, e.g. ``"ValueError"``.
+        error_message: Shortcut for ``error.message``.
+        snapshot: The terminal snapshot: steps, compensation report, partial result.
+    """
+
+    outcome = "ended without completing"
+    """How the message words the end, e.g. ``"failed"``."""
+
+    def __init__(self, snapshot: ledger_pb2.RunSnapshot) -> None:
+        """Create the error.
+
+        Args:
+            snapshot: The run's terminal snapshot.
+        """
+        error = snapshot.error
+        detail = f"{error.type}: {error.message}" if error.type else error.message
+        super().__init__(
+            f"run {snapshot.run_id} {self.outcome}" + (f": {detail}" if detail else "")
+        )
+        self.run_id = snapshot.run_id
+        self.status = snapshot.status
+        self.error = error
+        self.error_type = error.type
+        self.error_message = error.message
+        self.snapshot = snapshot
+
+
+class RunFailedError(RunEndedError):
+    """The run failed: its body raised, or it was compensated after an error.
+
+    ``snapshot.compensation`` says whether compensations ran and how they went.
+    """
+
+    outcome = "failed"
+
+
+class RunCancelledError(RunEndedError):
+    """The run was cancelled; ``error_message`` is the cancellation reason."""
+
+    outcome = "was cancelled"
+
+
+class RunTimedOutError(RunEndedError):
+    """The run passed its execution timeout.
+
+    Not a :class:`TimeoutError`: the run is over. Waiting that gives up while the run
+    goes on raises :class:`ResultTimeoutError`.
+    """
+
+    outcome = "timed out"
+
+
+class RunTerminatedError(RunEndedError):
+    """An operator stopped the run without compensation; ``error_message`` is the reason."""
+
+    outcome = "was terminated"
+
+
+class ResultTimeoutError(LedgerflowError, TimeoutError):
+    """Waiting for a run's result took longer than the caller allowed; the run goes on.
+
+    Attributes:
+        run_id: The run waited for.
+        timeout: The seconds allowed.
+        snapshot: The latest snapshot seen while waiting, None when none arrived.
+    """
+
+    def __init__(
+        self, run_id: str, timeout: float, snapshot: ledger_pb2.RunSnapshot | None = None
+    ) -> None:
+        """Create the error.
+
+        Args:
+            run_id: The run waited for.
+            timeout: The seconds allowed.
+            snapshot: The latest snapshot seen while waiting.
+        """
+        super().__init__(f"run {run_id} did not end within {timeout:g}s")
+        self.run_id = run_id
+        self.timeout = timeout
+        self.snapshot = snapshot
+
+
+class WorkerRefusedError(LedgerflowError):
+    """The coordinator refused a worker's session for good; ``Worker.run`` stops.
+
+    Raised when the stream ends before ``welcome`` with a status that another
+    attempt would meet again (``INVALID_ARGUMENT`` for a malformed ``hello``,
+    ``UNIMPLEMENTED``, ``UNAUTHENTICATED``, ``PERMISSION_DENIED``). A coordinator
+    that cannot be reached is not a refusal: the worker keeps reconnecting.
+
+    Attributes:
+        code: The gRPC status code's name, e.g. ``"INVALID_ARGUMENT"``.
+        details: The coordinator's message.
+    """
+
+    def __init__(self, code: str, details: str, *, address: str = "") -> None:
+        """Create the error.
+
+        Args:
+            code: The gRPC status code's name.
+            details: The coordinator's message.
+            address: The coordinator's address, named in the message.
+        """
+        where = f" at {address}" if address else ""
+        super().__init__(f"the coordinator{where} refused the worker: {code}: {details}")
+        self.code = code
+        self.details = details
+
+
 STATUS_CODE_NAMES: dict[type[LedgerflowError], str] = {
     InvalidArgumentError: "INVALID_ARGUMENT",
     RunNotFoundError: "NOT_FOUND",
@@ -165,9 +290,16 @@ __all__ = [
     "LedgerflowError",
     "NonDeterminismError",
     "PayloadTooLargeError",
+    "ResultTimeoutError",
     "RunAlreadyExistsError",
+    "RunCancelledError",
+    "RunEndedError",
+    "RunFailedError",
     "RunNotFoundError",
+    "RunTerminatedError",
+    "RunTimedOutError",
     "StepFailedError",
+    "WorkerRefusedError",
     "WorkflowNotFoundError",
     "WorkflowUsageError",
 ]
