@@ -308,3 +308,39 @@ async def test_shutdown_drains_workers(db_url: str) -> None:
         assert drain.reason
         await worker.call.done_writing()
         await stopping
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_a_worker_on_one_coordinator_gets_runs_started_on_another(db_url: str) -> None:
+    a = Coordinator(coordinator_config(db_url))
+    b = Coordinator(coordinator_config(db_url))
+    await a.start()
+    await b.start()
+    try:
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as on_a,
+            grpc.aio.insecure_channel(f"127.0.0.1:{b.port}") as on_b,
+        ):
+            worker = FakeWorker(on_b)
+            await worker.hello("wf", capacity=4)
+            runs = RunServiceStub(on_a)
+            for i in range(3):
+                await runs.StartRun(rpb.StartRunRequest(workflow_name="wf", run_id=f"r{i}"))
+            tasks = [(await worker.read("workflow_task")).workflow_task for _ in range(3)]
+            assert sorted(t.run_id for t in tasks) == ["r0", "r1", "r2"]
+            # Its batch, sent through coordinator B, is visible through A.
+            await worker.send(
+                event_batch=wpb.EventBatch(
+                    task_id=tasks[0].task_id,
+                    lease_epoch=1,
+                    batch_no=1,
+                    events=[ev("", "step_started", step_id="s")],
+                )
+            )
+            await worker.read("event_batch_ack")
+            events = (await runs.GetEvents(rpb.GetEventsRequest(run_id=tasks[0].run_id))).events
+            assert events[-1].HasField("step_started")
+            worker.call.cancel()
+    finally:
+        await a.stop()
+        await b.stop()

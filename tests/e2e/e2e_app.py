@@ -1,0 +1,79 @@
+"""The workflows the end-to-end tests run: a user's module, served by ``ledgerflow worker``.
+
+Steps leave marker lines in files under a directory the test chooses, so the
+test can count how often each step really ran, across worker processes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ledgerflow import workflow
+
+
+def add(total: int, i: int) -> int:
+    """A trivial step."""
+    return total + i
+
+
+def mark(directory: str, name: str) -> str:
+    """Record one execution of ``name``."""
+    with (Path(directory) / name).open("a") as f:
+        f.write("ran\n")
+    return name
+
+
+def mark_then_wait(directory: str, name: str) -> str:
+    """Record one execution, then wait until the test opens the gate file."""
+    mark(directory, name)
+    gate = Path(directory) / "gate"
+    while not gate.exists():  # a step in another process: a file is the simplest gate
+        time.sleep(0.01)
+    return name
+
+
+def fail(directory: str, name: str) -> str:
+    """Record one execution, then fail."""
+    mark(directory, name)
+    raise RuntimeError(f"{name} failed")
+
+
+@workflow.defn(name="sum")
+async def sum_steps(ctx: workflow.Context, n: int) -> int:
+    """Add 0..n-1 one step at a time."""
+    total = 0
+    for i in range(n):
+        total = await ctx.step("add", add, total, i)
+    return total
+
+
+@workflow.defn(name="gated")
+async def gated(ctx: workflow.Context, directory: str) -> str:
+    """Three steps; the middle one waits for the test's gate. Logs a line around each."""
+    ctx.log.info("starting")
+    await ctx.step("first", mark, directory, "first")
+    ctx.log.info("first done")
+    await ctx.step("blocked", mark_then_wait, directory, "blocked")
+    ctx.log.info("blocked done")
+    await ctx.step("last", mark, directory, "last")
+    ctx.log.info("finished")
+    return "done"
+
+
+@workflow.defn(name="saga")
+async def saga(ctx: workflow.Context, directory: str) -> str:
+    """Two compensated steps, then a failing one: compensations run last to first."""
+    await ctx.step("book", mark, directory, "book", compensate=lambda _: mark(directory, "unbook"))
+    await ctx.step("pay", mark, directory, "pay", compensate=lambda _: mark(directory, "refund"))
+    await ctx.step("ship", fail, directory, "ship")
+    return "unreachable"
+
+
+@workflow.defn(name="cancellable")
+async def cancellable(ctx: workflow.Context, directory: str) -> str:
+    """A compensated step, a gated one, then one a cancellation must prevent."""
+    await ctx.step("book", mark, directory, "book", compensate=lambda _: mark(directory, "unbook"))
+    await ctx.step("blocked", mark_then_wait, directory, "blocked")
+    await ctx.step("last", mark, directory, "last")
+    return "done"
