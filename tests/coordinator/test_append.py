@@ -254,3 +254,23 @@ async def test_a_killed_database_connection_mid_stream_loses_and_doubles_nothing
     started = sorted(int(e.step_started.step_id[1:]) for e in events if e.HasField("step_started"))
     assert started == list(range(120))  # each exactly once, nothing lost
     assert len(events) == 1 + 2 * 120
+
+
+async def test_a_write_from_a_stale_cached_row_is_refused_whole(store: Store) -> None:
+    # Something else moved the run's row on (here by hand: last_seq bumped without
+    # events, which no coordinator does, so the seq guard is the only thing that can
+    # notice). The fully cached group's write must fail as a whole — on Postgres a
+    # single statement without a transaction around it — and be redone from the row.
+    await store.start_run(StartRunSpec(workflow_name="wf", run_id="a"))
+    await store.append_events([ev("a", "log_appended", 1, lines=["cached"])])
+    async with store.engine.begin() as conn:
+        await conn.execute(text("UPDATE runs SET last_seq = 10 WHERE run_id = 'a'"))
+    await store.append_events([ev("a", "log_appended", 2, lines=["after"])])
+    async with store.engine.connect() as conn:
+        seqs = (
+            (await conn.execute(text("SELECT seq FROM events WHERE run_id = 'a' ORDER BY seq")))
+            .scalars()
+            .all()
+        )
+    # Nothing was written at the stale seq 3; the redo appended after the moved row.
+    assert list(seqs) == [1, 2, 11]

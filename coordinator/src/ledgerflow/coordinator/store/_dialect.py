@@ -27,6 +27,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import TextClause
 
+GUARD_FAILED = "22012"
+"""SQLSTATE (division_by_zero) of a Postgres statement whose all-or-nothing write missed a row."""
+
 
 def insert_for(conn: AsyncConnection) -> Callable[[Table], Any]:
     """Return the dialect's ``insert`` (both have ``on_conflict_do_nothing/update``)."""
@@ -54,10 +57,20 @@ class Write:
     update: tuple[str, ...] = ()
     returning: str = ""
     match: tuple[tuple[str, str], ...] = ()
+    all_or_nothing: bool = False
+    """With ``match`` on Postgres: fail the whole statement (:data:`GUARD_FAILED`)
+    unless every row matched, so a guarded write needs no transaction around it."""
     shape: tuple[object, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        shape = (self.table, tuple(self.columns), self.update, self.returning, self.match)
+        shape = (
+            self.table,
+            tuple(self.columns),
+            self.update,
+            self.returning,
+            self.match,
+            self.all_or_nothing,
+        )
         object.__setattr__(self, "shape", shape)
 
     @property
@@ -79,7 +92,7 @@ def _set_columns(names: tuple[str, ...], match: tuple[tuple[str, str], ...]) -> 
 
 
 def _pg_sql(shape: tuple[Any, ...], prefix: str) -> str:
-    table, names, update, returning, match = shape
+    table, names, update, returning, match, _ = shape
     types = {value: column for column, value in match}
     arrays = ", ".join(f"CAST(:{prefix}{n} AS {_pg_type(table, types.get(n, n))}[])" for n in names)
     rows = f"SELECT * FROM unnest({arrays}) AS u({', '.join(names)})"
@@ -108,6 +121,13 @@ def _pg_statement(shapes: tuple[tuple[Any, ...], ...], notify: bool) -> TextClau
     outputs = [
         f"(SELECT array_agg({shape[3]}) FROM w{i})" for i, shape in enumerate(shapes) if shape[3]
     ]
+    # An assertion in plain SQL: dividing by zero when a guarded write missed a row
+    # aborts the statement, and with it every write in it (GUARD_FAILED).
+    outputs += [
+        f"(SELECT 1 / (count(*) = cardinality(:w{i}_{shape[1][0]}))::int FROM w{i})"
+        for i, shape in enumerate(shapes)
+        if shape[5]
+    ]
     if notify:
         ctes.append(
             "notified AS (SELECT pg_notify(:notify_channel, p)"
@@ -122,7 +142,7 @@ def _pg_statement(shapes: tuple[tuple[Any, ...], ...], notify: bool) -> TextClau
 
 @cache
 def _sqlite_statement(shape: tuple[Any, ...]) -> TextClause:
-    table, names, update, returning, match = shape
+    table, names, update, returning, match, _ = shape
     if match:
         # No RETURNING: the caller counts updated rows by the cursor's rowcount.
         sets = ", ".join(f"{n} = :{n}" for n in _set_columns(names, match))

@@ -231,6 +231,7 @@ def save_runs(rows: Sequence[RunRow], loaded_seqs: dict[str, int]) -> Write:
         columns,
         returning="run_id",
         match=(("run_id", "run_id"), ("last_seq", "expected_last_seq")),
+        all_or_nothing=True,
     )
 
 

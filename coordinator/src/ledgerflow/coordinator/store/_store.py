@@ -61,7 +61,7 @@ from ledgerflow.coordinator.store import (
 )
 from ledgerflow.coordinator.store import _sql_tasks as sql_tasks
 from ledgerflow.coordinator.store import _tasks as task_ops
-from ledgerflow.coordinator.store._dialect import write_all
+from ledgerflow.coordinator.store._dialect import GUARD_FAILED, write_all
 from ledgerflow.coordinator.store._engine import READ_ONLY
 from ledgerflow.errors import LedgerflowError, RunNotFoundError
 from ledgerflow.ledger import LogRetention
@@ -89,6 +89,10 @@ class Touched:
     run_id: str
     last_seq: int
     snapshot: pb.RunSnapshot
+
+
+class _GuardFailedError(Exception):
+    """A single-statement flush found a run row changed under it; nothing was written."""
 
 
 class _LostRaceError(Exception):
@@ -140,6 +144,8 @@ class Store:
         self._postgres = engine.dialect.name == "postgresql"
         self._conn: AsyncConnection | None = None
         self._cache: OrderedDict[str, sql_runs.RunRow] = OrderedDict()
+        # Postgres's default, restored after a single-statement (autocommit) group.
+        self._isolation = "READ COMMITTED"
         self.writer_pids: set[int] = set()
         """Postgres backend pids the writer committed from (its own NOTIFYs)."""
 
@@ -400,6 +406,15 @@ class Store:
                 self.writer_pids.add(int(pid))
         return self._conn
 
+    def _optimistic(self, needs: ops.Needs) -> bool:
+        """Whether a group can go ahead without reading: every run cached, no lookups."""
+        return (
+            not needs.request_ids
+            and not needs.idempotency_keys
+            and not needs.tasks
+            and all(run_id in self._cache for run_id in needs.run_ids)
+        )
+
     async def _load(self, conn: AsyncConnection, needs: ops.Needs) -> ops.Batch:
         """Load what the group needs; cached rows leave the cache while in use.
 
@@ -410,12 +425,7 @@ class Store:
         whose ``last_seq`` moved are loaded.
         """
         cache = self._cache
-        if (
-            not needs.request_ids
-            and not needs.idempotency_keys
-            and not needs.tasks
-            and all(run_id in cache for run_id in needs.run_ids)
-        ):
+        if self._optimistic(needs):
             rows = {run_id: cache.pop(run_id) for run_id in needs.run_ids}
             return ops.Batch(conn, rows, {}, {})
         seqs = await sql_runs.lock_runs(conn, needs.run_ids)
@@ -446,7 +456,24 @@ class Store:
             payloads = [f"{batch.rows[r].last_seq} {r}" for r in batch.dirty]
             notify = (NOTIFY_CHANNEL, payloads)
         existing = [batch.rows[r] for r in batch.dirty if r not in batch.new_runs]
-        inserted, saved, *_ = await write_all(
+        try:
+            inserted, saved, *_ = await self._write(conn, batch, new, existing, notify)
+        except DBAPIError as err:
+            if getattr(err.orig, "sqlstate", None) == GUARD_FAILED:
+                raise _GuardFailedError from err
+            raise
+        if len(inserted) != len(new) or len(saved) != len(existing):
+            raise _LostRaceError
+
+    async def _write(
+        self,
+        conn: AsyncConnection,
+        batch: ops.Batch,
+        new: list[tuple[sql_runs.RunRow, int]],
+        existing: list[sql_runs.RunRow],
+        notify: tuple[str, list[str]] | None,
+    ) -> list[list[object]]:
+        return await write_all(
             conn,
             [
                 sql_runs.insert_runs(new),
@@ -460,8 +487,6 @@ class Store:
             ],
             notify=notify,
         )
-        if len(inserted) != len(new) or len(saved) != len(existing):
-            raise _LostRaceError
 
     async def _run_group(
         self, conn: AsyncConnection, group: list[_Pending]
@@ -475,6 +500,15 @@ class Store:
             tasks=any(p.needs.tasks for p in group),
         )
         results: list[ops.Outcome | LedgerflowError] = []
+        # A group that reads nothing writes with one statement on Postgres, and one
+        # statement is a transaction of its own: skipping BEGIN and COMMIT saves two
+        # of its three round trips. Its guard (every run row still at the seq it was
+        # cached at) fails the statement as a whole, so nothing half-written commits.
+        if self._postgres:
+            single = self._optimistic(needs)
+            await conn.execution_options(
+                isolation_level="AUTOCOMMIT" if single else self._isolation
+            )
         async with conn.begin():
             batch = await self._load(conn, needs)
             for pending in group:
@@ -498,7 +532,7 @@ class Store:
                 conn = await self._writer_connection()
                 results, batch = await self._run_group(conn, group)
                 break
-            except (_LostRaceError, IntegrityError):
+            except (_LostRaceError, IntegrityError, _GuardFailedError):
                 # Another coordinator created a run (or appended to one) this group
                 # meant to write; its rows are committed now (the conflict waited for
                 # them), so the next attempt locks and loads them like any other.
