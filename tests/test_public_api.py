@@ -66,9 +66,14 @@ PUBLIC = {
     ],
     "ledgerflow.worker": ["DEFAULT_DRAIN_TIMEOUT", "DEFAULT_MAX_CONCURRENT_TASKS", "Worker"],
     "ledgerflow.workflow": [
+        "RESULT_FILE_ENV",
         "WORKFLOW_LOG_CHANNEL",
         "BatchingSink",
         "CancelledSignal",
+        "CommandArtifact",
+        "CommandFailedError",
+        "CommandMetrics",
+        "CommandResult",
         "CompensateRequestedSignal",
         "Context",
         "ControlFlowSignal",
@@ -126,7 +131,12 @@ def test_workflow_engine_imports_no_io_library() -> None:
 
     root = Path(importlib.import_module("ledgerflow.workflow").__file__ or "").parent
     forbidden = {"grpc", "sqlalchemy", "socket", "subprocess", "os", "io", "pathlib"}
+    # _command.py runs ctx.run_command's subprocess: a step function ledgerflow
+    # ships, which like any step function runs only live, never on replay. It may
+    # reach the operating system (os, asyncio's subprocesses) and nothing else here may.
+    command_may = {"os"}
     for path in root.glob("*.py"):
+        allowed = command_may if path.name == "_command.py" else set()
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             names = []
@@ -135,6 +145,7 @@ def test_workflow_engine_imports_no_io_library() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             for name in names:
-                assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
+                top = name.split(".")[0]
+                assert top not in forbidden - allowed, f"{path.name} imports {name}"
                 assert not name.startswith("ledgerflow.coordinator"), path.name
                 assert not name.startswith("ledgerflow.client"), path.name

@@ -1,12 +1,21 @@
 """Write durable workflows: bodies, steps, the deterministic ``ctx``, and the engine.
 
-Authors use :func:`defn`, :class:`Context` (``ctx``), :class:`RetryPolicy` and the
-errors and signals below. Workers use :class:`Registry`, :class:`WorkflowExecution`
-(or :func:`execute`) and provide an :class:`EventSink`. The engine performs no
-I/O; see ``docs/workflows.md`` for the replay and compensation semantics.
+Authors use :func:`defn`, :class:`Context` (``ctx``), :class:`RetryPolicy`,
+:class:`CommandResult` (``ctx.run_command``) and the errors and signals below.
+Workers use :class:`Registry`, :class:`WorkflowExecution` (or :func:`execute`) and
+provide an :class:`EventSink`. The engine performs no I/O of its own (command
+steps run their subprocess as a step function does); see ``docs/workflows.md``
+for the replay and compensation semantics.
 """
 
 from ledgerflow.errors import NonDeterminismError, StepFailedError
+from ledgerflow.workflow._command import (
+    RESULT_FILE_ENV,
+    CommandArtifact,
+    CommandFailedError,
+    CommandMetrics,
+    CommandResult,
+)
 from ledgerflow.workflow._context import Context, WorkflowContext
 from ledgerflow.workflow._definition import Registry, WorkflowDefinition, defn
 from ledgerflow.workflow._execution import WORKFLOW_LOG_CHANNEL, WorkflowExecution, execute
@@ -19,9 +28,14 @@ from ledgerflow.workflow._signals import (
 from ledgerflow.workflow._sink import BatchingSink, EventSink
 
 __all__ = [
+    "RESULT_FILE_ENV",
     "WORKFLOW_LOG_CHANNEL",
     "BatchingSink",
     "CancelledSignal",
+    "CommandArtifact",
+    "CommandFailedError",
+    "CommandMetrics",
+    "CommandResult",
     "CompensateRequestedSignal",
     "Context",
     "ControlFlowSignal",

@@ -16,13 +16,20 @@ shift every later draw of the body.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, TypeVarTuple, overload
 
 from google.protobuf import json_format
 
 from ledgerflow.v1 import ledger_pb2 as pb
+from ledgerflow.workflow._command import (
+    DEFAULT_LOG_TAIL_LINES,
+    CommandResult,
+    StrPath,
+    command_spec,
+    default_step_name,
+)
 from ledgerflow.workflow._retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -312,6 +319,89 @@ class WorkflowContext:
         """
         return self._ex._step(
             name, fn, args, compensate, retry, _seconds(timeout) if timeout is not None else None
+        )
+
+    def run_command(
+        self,
+        argv: Sequence[StrPath],
+        *,
+        name: str | None = None,
+        cwd: StrPath | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | timedelta | None = None,
+        retry: RetryPolicy | None = None,
+        check: bool = True,
+        blocked_exit_codes: Collection[int] = (),
+        artifacts: Sequence[StrPath] = (),
+        log_tail_lines: int = DEFAULT_LOG_TAIL_LINES,
+        checkpoints: bool = True,
+        summary: str | None = None,
+        compensate: Callable[[CommandResult], object] | None = None,
+    ) -> Awaitable[CommandResult]:
+        """Run a subprocess as a durable step (kind ``command``), or return its journaled result.
+
+        A step like :meth:`step`: its position is claimed when called, a finished
+        command step returns its recorded result on replay without running, one
+        that was running when its worker died runs again under the same attempt,
+        ``retry`` and ``timeout`` apply per attempt. The command's stdout and
+        stderr stream to the positional channels ``step:<id>:stdout`` and
+        ``step:<id>:stderr`` while it runs (``@<attempt>`` appended after the
+        first attempt), lifecycle lines to ``step:<id>:lifecycle``; a summary
+        checkpoint is recorded at the start and a log-tail checkpoint at the end.
+
+        The command is blocked when its exit code is in ``blocked_exit_codes`` or
+        when it writes ``{"outcome": "blocked"}`` (or ``"blocked": true``) to the
+        JSON file named by ``$LEDGERFLOW_RESULT_FILE``; that file may also give
+        ``summary``, ``needs_human``, ``artifacts`` and ``suggested_followups``.
+
+        Args:
+            argv: The program and its arguments; no shell is involved.
+            name: The step's name; defaults to the program's file name.
+            cwd: The working directory; the worker's when None.
+            env: Variables added to (or replacing ones of) the worker's environment.
+            timeout: Limit of one attempt, in seconds; on expiry the command's
+                process group gets SIGTERM, then SIGKILL, and the attempt fails with
+                ``TimeoutError`` (code ``STEP_TIMEOUT``).
+            retry: The retry policy; one attempt when None.
+            check: When true, a failed command fails the step
+                (``CommandFailedError``); when false it returns a result with
+                outcome ``failed``.
+            blocked_exit_codes: Exit codes meaning "blocked, needs a person".
+            artifacts: Paths (relative to ``cwd``) reported as artifacts when they exist.
+            log_tail_lines: Combined lines kept by the final log-tail checkpoint.
+            checkpoints: Whether to record the two checkpoints.
+            summary: The summary of the starting checkpoint.
+            compensate: Called with the result, LIFO, like :meth:`step`'s.
+
+        Returns:
+            An awaitable of the :class:`CommandResult`.
+
+        Raises:
+            StepFailedError: (when awaited) The command failed (``error_type``
+                ``CommandFailedError``), timed out, or could not be started, for good.
+            NonDeterminismError: The ledger recorded a different step at this position.
+            CancelledSignal: (when awaited) The run is being cancelled.
+            WorkflowUsageError: Called inside a step function or off the event loop.
+            TypeError: ``argv`` is a string or empty.
+        """
+        spec = command_spec(
+            argv,
+            cwd=cwd,
+            env=env,
+            timeout=_seconds(timeout) if timeout is not None else None,
+            check=check,
+            blocked_exit_codes=frozenset(blocked_exit_codes),
+            artifacts=artifacts,
+            log_tail_lines=log_tail_lines,
+            checkpoints=checkpoints,
+            summary=summary,
+        )
+        return self._ex._run_command(
+            name if name is not None else default_step_name(argv),
+            spec,
+            compensate,
+            retry,
+            spec.timeout,
         )
 
     def progress(

@@ -49,6 +49,10 @@ def error_info(
     )
     stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, chain=False))
     info.stack_trace = stack[-_MAX_STACK_CHARS:]
+    details = getattr(exc, "details", None)
+    if isinstance(details, common_pb2.Payload):
+        # Structured data an error chose to record (a command step's result envelope).
+        info.details.CopyFrom(details)
     if isinstance(exc, StepFailedError):
         info.cause.CopyFrom(exc.error)
     elif exc.__cause__ is not None and _depth < _MAX_CAUSE_DEPTH:

@@ -32,6 +32,7 @@ def step_started(
     ordinal: int,
     attempt: int,
     worker_id: str,
+    kind: str = STEP_KIND,
 ) -> pb.LedgerEvent:
     """Return a ``step_started`` event (write-ahead: sent before the step function runs)."""
     out = event(run_id, time_ns)
@@ -40,20 +41,26 @@ def step_started(
     e.name = name
     e.ordinal = ordinal
     e.attempt = attempt
-    e.kind = STEP_KIND
+    e.kind = kind
     e.worker_id = worker_id
     return out
 
 
 def step_completed(
-    run_id: str, time_ns: int, *, step_id: str, attempt: int, output: common_pb2.Payload
+    run_id: str,
+    time_ns: int,
+    *,
+    step_id: str,
+    attempt: int,
+    output: common_pb2.Payload,
+    kind: str = STEP_KIND,
 ) -> pb.LedgerEvent:
     """Return a ``step_completed`` event carrying the step's output."""
     out = event(run_id, time_ns)
     e = out.step_completed
     e.step_id = step_id
     e.attempt = attempt
-    e.kind = STEP_KIND
+    e.kind = kind
     e.output.CopyFrom(output)
     return out
 
@@ -66,13 +73,14 @@ def step_failed(
     attempt: int,
     error: common_pb2.ErrorInfo,
     next_attempt_ns: int | None,
+    kind: str = STEP_KIND,
 ) -> pb.LedgerEvent:
     """Return a ``step_failed`` event; ``next_attempt_ns`` set means another attempt follows."""
     out = event(run_id, time_ns)
     e = out.step_failed
     e.step_id = step_id
     e.attempt = attempt
-    e.kind = STEP_KIND
+    e.kind = kind
     e.error.CopyFrom(error)
     if next_attempt_ns is not None:
         e.will_retry = True

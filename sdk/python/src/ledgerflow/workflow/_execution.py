@@ -97,7 +97,10 @@ Lines logged inside a step or compensation function go to ``step:<id>`` /
 ``compensation:<id>`` without an offset: they are emitted only when the
 function really runs, never on replay, and a second run after a crash is a
 second run whose lines should be kept. A resend of the same batch after a
-reconnect is the worker's (``EventBatch.batch_no``).
+reconnect is the worker's (``EventBatch.batch_no``). Command steps
+(``ctx.run_command``, ``_command``) are the exception: a command run again after
+a crash reprints the same output, so their stdout/stderr/lifecycle channels are
+positional per attempt and the rerun's lines are dropped where stored.
 
 Cancellation
 ------------
@@ -155,6 +158,12 @@ from ledgerflow.ledger._time import set_duration_nanos, to_nanos
 from ledgerflow.v1 import common_pb2, journal_pb2, workflow_pb2
 from ledgerflow.v1 import ledger_pb2 as pb
 from ledgerflow.workflow import _events
+from ledgerflow.workflow._command import (
+    COMMAND_STEP_KIND,
+    CommandResult,
+    CommandSpec,
+    run_command,
+)
 from ledgerflow.workflow._context import MetadataTargetName, WorkflowContext, metadata_target
 from ledgerflow.workflow._convert import decode, encode, return_hint, to_jsonable
 from ledgerflow.workflow._definition import WorkflowDefinition
@@ -183,6 +192,7 @@ class _Scope:
     execution: WorkflowExecution
     kind: str  # "step" or "compensation": also the log channel's prefix.
     step_id: str
+    attempt: int = 0
 
 
 # Set around step and compensation functions; it follows them into tasks they
@@ -494,11 +504,35 @@ class WorkflowExecution:
         compensate: Callable[[Any], object] | None,
         retry: RetryPolicy | None,
         timeout: float | None,
+        *,
+        kind: str = _events.STEP_KIND,
+        what: str = "ctx.step()",
     ) -> Coroutine[Any, Any, Any]:
-        self._check_body_call("ctx.step()")
+        self._check_body_call(what)
         self._raise_if_stopped()
         claim = self._claim(name)
-        return self._run_step(claim, fn, args, compensate, retry or NO_RETRY, timeout)
+        return self._run_step(claim, fn, args, compensate, retry or NO_RETRY, timeout, kind)
+
+    def _run_command(
+        self,
+        name: str,
+        spec: CommandSpec,
+        compensate: Callable[[Any], object] | None,
+        retry: RetryPolicy | None,
+        timeout: float | None,
+    ) -> Coroutine[Any, Any, CommandResult]:
+        # A command step is a step whose function ledgerflow ships: replay,
+        # attempts, retries and timeouts are exactly those of ctx.step.
+        return self._step(
+            name,
+            _command_step,
+            (spec,),
+            compensate,
+            retry,
+            timeout,
+            kind=COMMAND_STEP_KIND,
+            what="ctx.run_command()",
+        )
 
     def _claim(self, name: str) -> _Claim:
         if not isinstance(name, str) or not name.strip() or "#" in name:
@@ -552,6 +586,7 @@ class WorkflowExecution:
         compensate: Callable[[Any], object] | None,
         retry: RetryPolicy,
         attempt_timeout: float | None,
+        kind: str,
     ) -> Any:
         hint = return_hint(fn)
         if claim.result is not None:
@@ -568,7 +603,9 @@ class WorkflowExecution:
         self._inflight += 1
         self._idle.clear()
         try:
-            return await self._run_live(claim, fn, args, compensate, retry, attempt_timeout, hint)
+            return await self._run_live(
+                claim, fn, args, compensate, retry, attempt_timeout, hint, kind
+            )
         finally:
             self._inflight -= 1
             if not self._inflight:
@@ -611,6 +648,7 @@ class WorkflowExecution:
         retry: RetryPolicy,
         attempt_timeout: float | None,
         hint: Any,
+        kind: str,
     ) -> Any:
         step_id = claim.step_id
         attempt = 1
@@ -634,13 +672,14 @@ class WorkflowExecution:
                 ordinal=claim.ordinal,
                 attempt=attempt,
                 worker_id=self._worker_id,
+                kind=kind,
             )
             self._outbox.post([*self._held_events(prefix), started] if prefix else [started])
             prefix = None
             failure: BaseException | None = None
             info: common_pb2.ErrorInfo | None = None
             value: Any = None
-            token = _SCOPE.set(_Scope(self, "step", step_id))
+            token = _SCOPE.set(_Scope(self, "step", step_id, attempt))
             try:
                 value = await _invoke_with_timeout(fn, args, attempt_timeout)
             except TimeoutError as exc:
@@ -680,7 +719,12 @@ class WorkflowExecution:
                 await self._commit(
                     [
                         _events.step_completed(
-                            self.run_id, finished, step_id=step_id, attempt=attempt, output=payload
+                            self.run_id,
+                            finished,
+                            step_id=step_id,
+                            attempt=attempt,
+                            output=payload,
+                            kind=kind,
                         )
                     ]
                 )
@@ -707,6 +751,7 @@ class WorkflowExecution:
                             attempt=attempt,
                             error=info,
                             next_attempt_ns=now + round(delay * _NANOS),
+                            kind=kind,
                         )
                     ]
                 )
@@ -722,6 +767,7 @@ class WorkflowExecution:
                         attempt=attempt,
                         error=info,
                         next_attempt_ns=None,
+                        kind=kind,
                     )
                 ]
             )
@@ -1063,6 +1109,39 @@ async def execute(
         definition, task, sink, worker_id=worker_id, clock=clock, sleep=sleep
     )
     return await execution.run()
+
+
+async def _command_step(spec: CommandSpec) -> CommandResult:
+    # Its return annotation is what replay decodes the journaled output into.
+    scope = _SCOPE.get()
+    assert scope is not None, "a command step runs inside its step's scope"
+    return await run_command(spec, _CommandHost(scope))
+
+
+class _CommandHost:
+    """What a command step reaches of the execution running it (``CommandHost``)."""
+
+    __slots__ = ("_ex", "attempt", "run_id", "step_id")
+
+    def __init__(self, scope: _Scope) -> None:
+        self._ex = scope.execution
+        self.run_id = scope.execution.run_id
+        self.step_id = scope.step_id
+        self.attempt = max(1, scope.attempt)
+
+    def now_ns(self) -> int:
+        return self._ex._clock()
+
+    def post(self, events: Sequence[pb.LedgerEvent]) -> None:
+        self._ex._post_from_scope(list(events))
+
+    async def commit(self, events: Sequence[pb.LedgerEvent]) -> None:
+        await self._ex._commit(events)
+
+    def checkpoint(
+        self, summary: str, kind: pb.CheckpointType.ValueType, lines: list[str], truncated: bool
+    ) -> None:
+        self._ex._checkpoint(summary, None, kind, lines, truncated, None)
 
 
 def _compensation_outcome(
