@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from google.protobuf.struct_pb2 import Value
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledgerflow.coordinator.store import StartRunSpec, Store
@@ -284,3 +285,26 @@ async def test_two_coordinators_never_lease_one_task_twice(engine: AsyncEngine) 
             await s.close()
     ids = [t.task_id for batch in claimed for t in batch]
     assert len(ids) == len(set(ids)) == 40
+
+
+async def test_a_lease_taken_over_elsewhere_fences_a_cached_task(store: Store) -> None:
+    # The writer fences a worker's batch on its cached task row, without a lock; the
+    # write re-checks the row. Here another coordinator (by hand) gave the task a new
+    # epoch: the batch must be refused, and nothing of it written.
+    await store.start_run(StartRunSpec(workflow_name="wf", run_id="a"))
+    task = await claim_one(store)
+    await store.dispatch(task, RUNTIME)
+    await store.append_task_events(
+        "a", task.task_id, 1, 1, [ev("a", "step_started", 1, step_id="s")]
+    )
+    before = len(await assert_consistent(store, "a"))
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE tasks SET lease_epoch = 2 WHERE task_id = :t"), {"t": task.task_id}
+        )
+    with pytest.raises(TaskRefusedError) as refused:
+        await store.append_task_events(
+            "a", task.task_id, 1, 2, [ev("a", "step_completed", 1, step_id="s")]
+        )
+    assert refused.value.reason == wpb.TASK_REJECT_REASON_STALE_LEASE
+    assert len(await assert_consistent(store, "a")) == before

@@ -127,6 +127,8 @@ class Needs:
         request_ids: (run id, request id) pairs whose earlier outcome is looked up.
         idempotency_keys: StartRun idempotency keys whose run is looked up.
         tasks: Whether the tasks of ``run_ids`` are locked and loaded too.
+        fenced: Task ids whose lease is checked, not changed.
+        resends_rare: Request ids may be checked by their insert instead of a lookup.
     """
 
     run_ids: tuple[str, ...] = ()
@@ -134,6 +136,11 @@ class Needs:
     idempotency_keys: tuple[str, ...] = ()
     tasks: bool = False
     """Lock and load the tasks of ``run_ids`` too."""
+    fenced: tuple[str, ...] = ()
+    """Tasks whose lease the operation checks but does not change (a worker's batch)."""
+    resends_rare: bool = False
+    """The request ids are almost always new: try without looking them up (a resend
+    then conflicts on insert and the group is redone with the lookup)."""
 
 
 class Batch:
@@ -157,6 +164,9 @@ class Batch:
         self.tasks = tasks if tasks is not None else {}
         """Locked tasks by task id (only when some request of the group asked)."""
         self.dirty_tasks: dict[str, None] = {}
+        self.checked_tasks: dict[str, tuple[int, int]] = {}
+        """Tasks whose lease an operation relied on, with the (epoch, status) it saw:
+        the flush writes only if they are unchanged (fencing without a lock)."""
         self.requests = requests
         self.keys = keys
         self.loaded_seqs = {run_id: row.last_seq for run_id, row in rows.items()}

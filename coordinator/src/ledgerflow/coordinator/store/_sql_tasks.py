@@ -97,6 +97,32 @@ def save_tasks(rows: Sequence[TaskRow]) -> Write:
     )
 
 
+def check_leases(checked: dict[str, tuple[int, int]]) -> Write:
+    """Fence on tasks a group relied on: fail the write unless each is still as seen.
+
+    Sets each row to what it already is; the point is the match (task id, epoch,
+    status) and the all-or-nothing guard. Tasks the group changes are excluded by
+    the caller (one statement must not update a row twice).
+    """
+    return Write(
+        tasks,
+        {
+            "task_id": list(checked),
+            "lease_epoch": [epoch for epoch, _ in checked.values()],
+            "status": [status for _, status in checked.values()],
+            "expected_epoch": [epoch for epoch, _ in checked.values()],
+            "expected_status": [status for _, status in checked.values()],
+        },
+        returning="task_id",
+        match=(
+            ("task_id", "task_id"),
+            ("lease_epoch", "expected_epoch"),
+            ("status", "expected_status"),
+        ),
+        all_or_nothing=True,
+    )
+
+
 async def claim(
     conn: AsyncConnection,
     *,

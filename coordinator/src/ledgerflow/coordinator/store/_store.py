@@ -144,6 +144,9 @@ class Store:
         self._postgres = engine.dialect.name == "postgresql"
         self._conn: AsyncConnection | None = None
         self._cache: OrderedDict[str, sql_runs.RunRow] = OrderedDict()
+        # Task rows the writer committed, for fencing a worker's batch without a
+        # lock (the flush re-checks them); claims and sweeps here drop their entries.
+        self._task_cache: OrderedDict[str, sql_tasks.TaskRow] = OrderedDict()
         # Postgres's default, restored after a single-statement (autocommit) group.
         self._isolation = "READ COMMITTED"
         self.writer_pids: set[int] = set()
@@ -277,7 +280,7 @@ class Store:
         coordinator dying in between leaves a lease that simply expires.
         """
         async with self.engine.begin() as conn:
-            return await sql_tasks.claim(
+            claimed = await sql_tasks.claim(
                 conn,
                 queues=queues,
                 limit=limit,
@@ -286,11 +289,17 @@ class Store:
                 worker_id=worker_id,
                 session_id=session_id,
             )
+        for task in claimed:
+            self._task_cache.pop(task.task_id, None)
+        return claimed
 
     async def expire_leases(self) -> list[str]:
         """Make every task whose lease ended pending again; return their ids."""
         async with self.engine.begin() as conn:
-            return await sql_tasks.expire_leases(conn, _now())
+            expired = await sql_tasks.expire_leases(conn, _now())
+        for task_id in expired:
+            self._task_cache.pop(task_id, None)
+        return expired
 
     async def next_task_wakeup(self, queues: Sequence[str]) -> int | None:
         """Return when a task of ``queues`` next becomes available or a lease next ends."""
@@ -326,7 +335,12 @@ class Store:
         """Append a worker's event batch under its lease; see :func:`task_ops.append_batch`."""
         request_id = task_ops.batch_request_id(task_id, epoch, batch_no)
         return await self._submit(
-            ops.Needs(run_ids=(run_id,), request_ids=((run_id, request_id),), tasks=True),
+            ops.Needs(
+                run_ids=(run_id,),
+                request_ids=((run_id, request_id),),
+                fenced=(task_id,),
+                resends_rare=True,
+            ),
             lambda batch: task_ops.append_batch(
                 batch, task_id, epoch, batch_no, events, retention=self.retention
             ),
@@ -409,10 +423,11 @@ class Store:
     def _optimistic(self, needs: ops.Needs) -> bool:
         """Whether a group can go ahead without reading: every run cached, no lookups."""
         return (
-            not needs.request_ids
+            (not needs.request_ids or needs.resends_rare)
             and not needs.idempotency_keys
             and not needs.tasks
             and all(run_id in self._cache for run_id in needs.run_ids)
+            and all(task_id in self._task_cache for task_id in needs.fenced)
         )
 
     async def _load(self, conn: AsyncConnection, needs: ops.Needs) -> ops.Batch:
@@ -427,7 +442,8 @@ class Store:
         cache = self._cache
         if self._optimistic(needs):
             rows = {run_id: cache.pop(run_id) for run_id in needs.run_ids}
-            return ops.Batch(conn, rows, {}, {})
+            tasks = {task_id: self._task_cache.pop(task_id) for task_id in needs.fenced}
+            return ops.Batch(conn, rows, {}, {}, tasks)
         seqs = await sql_runs.lock_runs(conn, needs.run_ids)
         rows = {}
         misses: list[str] = []
@@ -445,7 +461,11 @@ class Store:
             rows.update(loaded)
         requests = await sql_events.find_requests(conn, needs.request_ids)
         keys = await sql_runs.run_ids_for_keys(conn, needs.idempotency_keys)
-        tasks = await sql_tasks.lock_tasks(conn, needs.run_ids) if needs.tasks else {}
+        tasks = (
+            await sql_tasks.lock_tasks(conn, needs.run_ids) if needs.tasks or needs.fenced else {}
+        )
+        for task_id in tasks:
+            self._task_cache.pop(task_id, None)
         return ops.Batch(conn, rows, requests, keys, tasks)
 
     async def _flush(self, conn: AsyncConnection, batch: ops.Batch) -> None:
@@ -456,13 +476,16 @@ class Store:
             payloads = [f"{batch.rows[r].last_seq} {r}" for r in batch.dirty]
             notify = (NOTIFY_CHANNEL, payloads)
         existing = [batch.rows[r] for r in batch.dirty if r not in batch.new_runs]
+        checked = {t: seen for t, seen in batch.checked_tasks.items() if t not in batch.dirty_tasks}
         try:
-            inserted, saved, *_ = await self._write(conn, batch, new, existing, notify)
+            inserted, saved, fenced, *_ = await self._write(
+                conn, batch, new, existing, checked, notify
+            )
         except DBAPIError as err:
             if getattr(err.orig, "sqlstate", None) == GUARD_FAILED:
                 raise _GuardFailedError from err
             raise
-        if len(inserted) != len(new) or len(saved) != len(existing):
+        if len(inserted) != len(new) or len(saved) != len(existing) or len(fenced) != len(checked):
             raise _LostRaceError
 
     async def _write(
@@ -471,6 +494,7 @@ class Store:
         batch: ops.Batch,
         new: list[tuple[sql_runs.RunRow, int]],
         existing: list[sql_runs.RunRow],
+        checked: dict[str, tuple[int, int]],
         notify: tuple[str, list[str]] | None,
     ) -> list[list[object]]:
         return await write_all(
@@ -478,6 +502,7 @@ class Store:
             [
                 sql_runs.insert_runs(new),
                 sql_runs.save_runs(existing, batch.loaded_seqs),
+                sql_tasks.check_leases(checked),
                 sql_runs.save_steps([sql_runs.step_row(batch.rows[r], s) for r, s in batch.steps]),
                 sql_events.insert_events(batch.events),
                 sql_events.insert_log_lines(batch.lines),
@@ -498,6 +523,8 @@ class Store:
                 dict.fromkeys(k for p in group for k in p.needs.idempotency_keys)
             ),
             tasks=any(p.needs.tasks for p in group),
+            fenced=tuple(dict.fromkeys(t for p in group for t in p.needs.fenced)),
+            resends_rare=all(p.needs.resends_rare for p in group if p.needs.request_ids),
         )
         results: list[ops.Outcome | LedgerflowError] = []
         # A group that reads nothing writes with one statement on Postgres, and one
@@ -562,6 +589,11 @@ class Store:
             self._cache[run_id] = row
         while len(self._cache) > self._cached_runs:
             self._cache.popitem(last=False)
+        for task_id, task in batch.tasks.items():
+            if task.status == sql_tasks.LEASED:
+                self._task_cache[task_id] = task
+        while len(self._task_cache) > self._cached_runs:
+            self._task_cache.popitem(last=False)
         for pending, result in zip(group, results, strict=True):
             if pending.future.done():
                 continue

@@ -72,6 +72,7 @@ def _leased(batch: ops.Batch, task_id: str, epoch: int) -> sql_tasks.TaskRow:
             wpb.TASK_REJECT_REASON_STALE_LEASE,
             f"task {task_id!r}: the lease of epoch {epoch} is no longer held (task {state})",
         )
+    batch.checked_tasks[task_id] = (task.lease_epoch, task.status)
     return task
 
 
