@@ -151,3 +151,27 @@ async def test_trivial_gathered_steps_commit_in_a_single_append() -> None:
     await runner.run()
     assert len(runner.ledger.calls) == 1
     assert len(runner.ledger.calls[0]) == 20
+
+
+async def test_with_linger_a_posted_batch_waits_for_the_next_append_to_join_it() -> None:
+    # A quick step's start is posted, its result appended: with a linger both leave
+    # in one call (one round trip); without, the start leaves alone first.
+    for linger, expected in ((3600.0, [["start", "done"]]), (0.0, [["start"], ["done"]])):
+        inner = Recording()
+        sink = workflow.BatchingSink(inner, linger=linger)
+        sink.post([log_event("start")])
+        await ticks()
+        await sink.append([log_event("done")])
+        assert inner.calls == expected
+
+
+async def test_with_linger_posted_events_still_leave_on_their_own() -> None:
+    # Nobody appends: the posted batch goes once the linger ends (here awaited through
+    # flush, which also cuts the linger short).
+    inner = Recording()
+    sink = workflow.BatchingSink(inner, linger=3600.0)
+    sink.post([log_event("alone")])
+    await ticks()
+    assert inner.calls == []
+    await sink.flush()
+    assert inner.calls == [["alone"]]

@@ -252,6 +252,7 @@ class WorkflowExecution:
         worker_id: str = "",
         clock: Callable[[], int] = time.time_ns,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        linger: float = 0.0,
     ) -> None:
         """Prepare the execution; nothing runs before :meth:`run`.
 
@@ -262,10 +263,14 @@ class WorkflowExecution:
             worker_id: Recorded in ``step_started`` events.
             clock: Wall clock in epoch nanoseconds (event times, step finish times).
             sleep: Sleeps the given seconds (retry backoff); tests inject a fake.
+            linger: How long events that nobody waits for (a step's start, log lines)
+                may wait to share a batch with the next awaited one (see
+                :class:`BatchingSink`); a worker trades that much snapshot latency for
+                one round trip per quick step.
         """
         self._definition = definition
         self._task = task
-        self._outbox = BatchingSink(sink)
+        self._outbox = BatchingSink(sink, linger=linger)
         self._worker_id = worker_id
         self._clock = clock
         self._sleep = sleep
