@@ -25,8 +25,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import grpc
 
@@ -201,7 +202,11 @@ class Dispatcher:
                     break
                 for task in claimed:
                     session.held[task.task_id] = Held(task.run_id, task.lease_epoch)
-                    dispatched = await self._store.dispatch(task, session.runtime)
+                # Recorded together: the writer commits the dispatches as one group.
+                recorded = await asyncio.gather(
+                    *(self._store.dispatch(task, session.runtime) for task in claimed)
+                )
+                for task, dispatched in zip(claimed, recorded, strict=True):
                     if dispatched is None:
                         session.held.pop(task.task_id, None)
                         continue
@@ -347,7 +352,9 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                     await job
             session.outbox.put_nowait(None)
 
-    def _handler(self, session: Session, request: wpb.ConnectRequest):  # type: ignore[no-untyped-def]
+    def _handler(
+        self, session: Session, request: wpb.ConnectRequest
+    ) -> Coroutine[Any, Any, None] | None:
         case = request.WhichOneof("message")
         if case == "event_batch":
             return self._on_batch(session, request.event_batch)
@@ -385,10 +392,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             outcome = await self._store.append_task_events(
                 run_id, batch.task_id, batch.lease_epoch, batch.batch_no, events
             )
-        except (TaskRefusedError, InvalidArgumentError, PayloadTooLargeError) as err:
-            self._refused(session, batch.task_id, batch.lease_epoch, err, batch.batch_no)
-            return
-        except LedgerflowError as err:
+        except LedgerflowError as err:  # refused, malformed or too large: nothing appended
             self._refused(session, batch.task_id, batch.lease_epoch, err, batch.batch_no)
             return
         ack = wpb.EventBatchAck(
@@ -398,7 +402,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             committed_seq=outcome.ranges.get(run_id, (0, 0))[1],
             duplicate=outcome.duplicate,
         )
-        cursors: dict[str, int] = outcome.value or {}  # type: ignore[assignment]
+        cursors = cast(dict[str, int], outcome.value or {})
         for channel, offset in cursors.items():
             ack.log_cursors.add(channel=channel, next_offset=offset)
         session.send(wpb.ConnectResponse(event_batch_ack=ack))
@@ -448,7 +452,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                 task_result_ack=wpb.TaskResultAck(
                     task_id=result.task_id,
                     lease_epoch=result.lease_epoch,
-                    committed_seq=int(outcome.value),  # type: ignore[call-overload]
+                    committed_seq=cast(int, outcome.value),
                 )
             )
         )
