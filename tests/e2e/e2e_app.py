@@ -77,3 +77,23 @@ async def cancellable(ctx: workflow.Context, directory: str) -> str:
     await ctx.step("blocked", mark_then_wait, directory, "blocked")
     await ctx.step("last", mark, directory, "last")
     return "done"
+
+
+@workflow.defn(name="draws")
+async def draws(ctx: workflow.Context, args: dict[str, object]) -> list[object]:
+    """Draw ``kinds`` (random / uuid) in order with a step between draws.
+
+    With ``gate_after``, the step after that many draws waits for the test's gate,
+    so a worker can be killed there and the draws replayed by another.
+    """
+    kinds = list(args["kinds"])  # type: ignore[call-overload]
+    directory = str(args.get("directory", ""))
+    gate_after = int(args.get("gate_after", -1))  # type: ignore[call-overload]
+    out: list[object] = []
+    for i, kind in enumerate(kinds):
+        out.append(ctx.random() if kind == "random" else str(ctx.uuid4()))
+        if i == gate_after:
+            await ctx.step("gate", mark_then_wait, directory, "gate-step")
+        else:
+            await ctx.step(f"between-{i}", add, i, 0)
+    return out

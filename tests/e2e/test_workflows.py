@@ -8,6 +8,7 @@ so a test can count how often each step really ran across worker processes.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -284,3 +286,32 @@ async def test_cancel_reaches_the_running_body_and_compensations_run(
     assert snap.status == pb.RUN_STATUS_CANCELLED
     assert runs_of(marks, "last") == 0
     assert runs_of(marks, "unbook") == 1
+
+
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "determinism.json"
+CALLS = [c for c in json.loads(VECTORS.read_text(encoding="utf-8"))["cases"] if "calls" in c]
+
+
+@pytest.mark.parametrize("case", CALLS, ids=lambda c: c["runId"].encode().hex()[:16])
+async def test_determinism_vectors_through_real_processes_and_a_replay(
+    cluster: tuple[str, int], app_dir: Path, case: dict[str, Any]
+) -> None:
+    # ctx.random()/ctx.uuid4() in a real worker give the shared vectors' values, and a
+    # second worker replaying the first half after a kill -9 draws the same ones.
+    _, port = cluster
+    address = f"127.0.0.1:{port}"
+    marks = app_dir / "marks"
+    args = {"kinds": case["calls"], "directory": str(marks), "gate_after": 2}
+    client = await Client.connect(address)
+    try:
+        handle = await client.start("draws", args, run_id=case["runId"])
+        with worker(app_dir, address) as first:
+            await wait_for_step(client, case["runId"], "gate")
+            first.kill()
+            first.wait()
+        with worker(app_dir, address):
+            (marks / "gate").touch()
+            assert await handle.result(timeout=60) == case["values"]
+    finally:
+        await client.close()
+    assert runs_of(marks, "gate-step") == 2  # it ran on both workers: a real replay
