@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledgerflow.coordinator.store import StartRunSpec, Store
-from ledgerflow.coordinator.store._tasks import TaskRefusedError
+from ledgerflow.coordinator.store._tasks import TaskRefusedError, release_delay
 from ledgerflow.ledger import json_payload, payload_value
 from ledgerflow.v1 import ledger_pb2 as pb
 from ledgerflow.v1 import worker_service_pb2 as wpb
@@ -308,3 +308,30 @@ async def test_a_lease_taken_over_elsewhere_fences_a_cached_task(store: Store) -
         )
     assert refused.value.reason == wpb.TASK_REJECT_REASON_STALE_LEASE
     assert len(await assert_consistent(store, "a")) == before
+
+
+def test_the_failed_release_backoff_doubles_up_to_a_cap() -> None:
+    delays = [release_delay(n) for n in (1, 2, 3, 10, 40, 10_000)]
+    assert delays[:3] == [100_000_000, 200_000_000, 400_000_000]
+    assert delays[3] == 51_200_000_000
+    assert delays[4:] == [60_000_000_000, 60_000_000_000]
+
+
+async def test_a_task_released_as_failed_is_not_dispatched_again_at_once(store: Store) -> None:
+    # A worker whose body is non-deterministic hands the task back as failed: it must
+    # not be offered straight back (a hot loop), unlike a task released by a drain.
+    await store.start_run(StartRunSpec(workflow_name="wf", run_id="a"))
+    await store.start_run(StartRunSpec(workflow_name="wf", run_id="b"))
+    failing, draining = await store.claim_tasks(
+        queues=["wf"], limit=2, lease_nanos=60 * SECOND, worker_id="w1", session_id="s1"
+    )
+    await store.release_task(failing.run_id, failing.task_id, 1, failed=True)
+    await store.release_task(draining.run_id, draining.task_id, 1)
+    again = await store.claim_tasks(
+        queues=["wf"], limit=5, lease_nanos=SECOND, worker_id="w", session_id="s"
+    )
+    assert [t.task_id for t in again] == [draining.task_id]
+    row = await store.find_task(failing.task_id)
+    assert row is not None
+    assert row.status == 1
+    assert row.available_time >= failing.create_time + release_delay(1)

@@ -178,6 +178,7 @@ async def test_worker_stop_releases_running_tasks_at_once(
     await asyncio.wait_for(runner, 10)
     assert [(r.task_id, r.lease_epoch) for r in coordinator.releases] == [(task.task_id, 1)]
     assert "shutting down" in coordinator.releases[0].reason
+    assert not coordinator.releases[0].failed  # handed back unfinished: dispatch at once
     assert "cancelled:g" in workflows.CALLS
     assert coordinator.session.worker_closed
     assert not worker.connected

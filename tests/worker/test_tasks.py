@@ -154,6 +154,7 @@ async def test_non_determinism_releases_the_task_and_appends_nothing(
     (release,) = coordinator.releases
     assert release.task_id == task.task_id
     assert release.reason.startswith("NonDeterminismError: ")
+    assert release.failed  # the coordinator backs off before dispatching it again
     assert "'charge'" in release.reason
     assert "'add'" in release.reason
     assert task.task_id not in coordinator.results

@@ -463,7 +463,9 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             return
         # A refusal means the lease is not its any more: nothing to give back.
         with contextlib.suppress(LedgerflowError):
-            await self._store.release_task(run_id, release.task_id, release.lease_epoch)
+            await self._store.release_task(
+                run_id, release.task_id, release.lease_epoch, failed=release.failed
+            )
         self._forget(session, release.task_id)
 
     async def _on_heartbeat(self, session: Session, heartbeat: wpb.Heartbeat) -> None:

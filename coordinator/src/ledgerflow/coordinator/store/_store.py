@@ -357,13 +357,13 @@ class Store:
         )
 
     async def release_task(
-        self, run_id: str, task_id: str, epoch: int, *, delay_nanos: int = 0
+        self, run_id: str, task_id: str, epoch: int, *, failed: bool = False
     ) -> None:
         """Give a task back to the queue; see :func:`task_ops.release`."""
         now = _now()
         await self._submit(
             ops.Needs(run_ids=(run_id,), tasks=True),
-            lambda batch: task_ops.release(batch, task_id, epoch, now=now, delay_nanos=delay_nanos),
+            lambda batch: task_ops.release(batch, task_id, epoch, now=now, failed=failed),
         )
 
     async def heartbeat(

@@ -295,17 +295,32 @@ async def complete(
     return outcome
 
 
+FAILED_RELEASE_BACKOFF_NANOS = (100_000_000, 60_000_000_000)
+"""A task a worker could not run waits 0.1 s * 2^(dispatches - 1), at most 60 s."""
+
+
+def release_delay(invocation: int) -> int:
+    """Nanoseconds before a task handed back as failed may be dispatched again.
+
+    Grows with the task's dispatch count, so a body that fails the same way on every
+    replay (a non-deterministic deployment) is retried ever more slowly, not in a
+    tight loop, until a fixed worker takes it.
+    """
+    first, cap = FAILED_RELEASE_BACKOFF_NANOS
+    return int(min(cap, first * 2 ** min(max(invocation - 1, 0), 30)))
+
+
 async def release(
-    batch: ops.Batch, task_id: str, epoch: int, *, now: int, delay_nanos: int = 0
+    batch: ops.Batch, task_id: str, epoch: int, *, now: int, failed: bool = False
 ) -> ops.Outcome:
-    """Give a task back: it becomes pending (after ``delay_nanos``) for any worker.
+    """Give a task back: it becomes pending for any worker (after a backoff if ``failed``).
 
     Raises:
         TaskRefusedError: The lease is not this epoch's.
     """
     task = _leased(batch, task_id, epoch)
     task.status = sql_tasks.PENDING
-    task.available_time = now + delay_nanos
+    task.available_time = now + (release_delay(task.invocation) if failed else 0)
     task.lease_expire_time = task.worker_id = task.session_id = None
     batch.save_task(task)
     return ops.Outcome()

@@ -263,22 +263,29 @@ class TaskRelease(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     LEASE_EPOCH_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """task_id is the task."""
     lease_epoch: _builtins.int
     """lease_epoch is the worker's epoch for it."""
     reason: _builtins.str
     """reason says why."""
+    failed: _builtins.bool
+    """failed says the worker could not run the task (e.g. its body is not deterministic
+    against the journal): the coordinator waits longer before each new dispatch, rather
+    than handing it straight back. Unset (draining, not served here): dispatch at once.
+    """
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         lease_epoch: _builtins.int = ...,
         reason: _builtins.str = ...,
+        failed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_epoch", b"lease_epoch", "reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "lease_epoch", b"lease_epoch", "reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -165,13 +165,19 @@ class TaskState:
         if self.result_acked is not None:
             _fail(self.result_acked, cause)
 
-    def releasing(self, reason: str) -> ws.ConnectRequest:
-        """Turn the task into a release with ``reason``; nothing else is owed any more."""
+    def releasing(self, reason: str, *, failed: bool = False) -> ws.ConnectRequest:
+        """Turn the task into a release with ``reason``; nothing else is owed any more.
+
+        ``failed`` tells the coordinator this worker could not run it (not draining),
+        so it backs off before dispatching it again.
+        """
         self.phase = Phase.RELEASING
         self.unacked.clear()
         self.result = None
         self.release = ws.ConnectRequest(
-            release=ws.TaskRelease(task_id=self.task_id, lease_epoch=self.epoch, reason=reason)
+            release=ws.TaskRelease(
+                task_id=self.task_id, lease_epoch=self.epoch, reason=reason, failed=failed
+            )
         )
         return self.release
 

@@ -681,7 +681,7 @@ class Worker:
         else:
             # The task fails, not the run (as for NonDeterminismError): hand it back.
             _log.error("%s; the task is handed back", refusal)
-            self._release(state, str(refusal), refusal)
+            self._release(state, str(refusal), refusal, failed=True)
 
     def _on_drain(self, session: _Session, drain: ws.Drain) -> None:
         loop = asyncio.get_running_loop()
@@ -723,11 +723,11 @@ class Worker:
                 task.run_id,
                 err,
             )
-            self._release(state, f"NonDeterminismError: {err}")
+            self._release(state, f"NonDeterminismError: {err}", failed=True)
             return
         except Exception as err:
             _log.exception("workflow %r, run %s: the task failed", task.workflow_name, task.run_id)
-            self._release(state, f"{type(err).__name__}: {err}")
+            self._release(state, f"{type(err).__name__}: {err}", failed=True)
             return
         if self._tasks.get(state.task_id) is not state or state.phase is not Phase.RUNNING:
             return
@@ -743,10 +743,21 @@ class Worker:
         )
         self._forget(state)
 
-    def _release(self, state: TaskState, reason: str, cause: BaseException | None = None) -> None:
-        """Stop the task and hand it back (now if a stream is up, else after the next welcome)."""
+    def _release(
+        self,
+        state: TaskState,
+        reason: str,
+        cause: BaseException | None = None,
+        *,
+        failed: bool = False,
+    ) -> None:
+        """Stop the task and hand it back (now if a stream is up, else after the next welcome).
+
+        ``failed``: this worker could not run it (the coordinator backs off), as
+        opposed to handing it back unstarted (draining, a workflow not served here).
+        """
         self._stop_runner(state, cause or _TaskStoppedError(reason))
-        request = state.releasing(reason)
+        request = state.releasing(reason, failed=failed)
         _log.info("released task %s (run %s): %s", state.task_id, state.task.run_id, reason)
         if self._session is not None:
             self._session.send(request)
