@@ -97,3 +97,11 @@ async def draws(ctx: workflow.Context, args: dict[str, object]) -> list[object]:
         else:
             await ctx.step(f"between-{i}", add, i, 0)
     return out
+
+
+@workflow.defn(name="evolve")
+async def evolve(ctx: workflow.Context, directory: str) -> str:
+    """Two steps; the tests deploy a changed body (step "uno" first) mid-run."""
+    await ctx.step("one", mark, directory, "one")
+    await ctx.step("two", mark_then_wait, directory, "two")
+    return "evolved"

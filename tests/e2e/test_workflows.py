@@ -315,3 +315,53 @@ async def test_determinism_vectors_through_real_processes_and_a_replay(
     finally:
         await client.close()
     assert runs_of(marks, "gate-step") == 2  # it ran on both workers: a real replay
+
+
+async def test_a_changed_body_fails_the_task_not_the_run(
+    cluster: tuple[str, int], app_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # A deployment whose body no longer matches the journal must not corrupt or fail
+    # the run: the task fails (NonDeterminismError), is handed back as failed, and a
+    # worker with the right code finishes the run without repeating a step.
+    _, port = cluster
+    address = f"127.0.0.1:{port}"
+    marks = app_dir / "marks"
+    changed = tmp_path_factory.mktemp("changed")
+    (changed / "e2e_app.py").write_text(
+        APP.read_text().replace(
+            'await ctx.step("one", mark, directory, "one")',
+            'await ctx.step("uno", mark, directory, "uno")',
+        )
+    )
+    client = await Client.connect(address)
+    try:
+        handle = await client.start("evolve", str(marks), run_id="evolve-1")
+        with worker(app_dir, address) as first:
+            await wait_for_step(client, "evolve-1", "two")
+            first.kill()
+            first.wait()
+        bad = await asyncio.create_subprocess_exec(
+            str(BIN),
+            "worker",
+            "e2e_app",
+            "--address",
+            address,
+            cwd=changed,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert bad.stderr is not None
+        while True:  # the worker's log says when it refused the replay
+            line = await bad.stderr.readline()
+            assert line, "the changed worker ended without reporting non-determinism"
+            if b"NonDeterminismError" in line:
+                break
+        bad.terminate()
+        await bad.wait()
+        assert (await client.get_run("evolve-1")).status == pb.RUN_STATUS_RUNNING
+        with worker(app_dir, address):
+            (marks / "gate").touch()
+            assert await handle.result(timeout=60) == "evolved"
+    finally:
+        await client.close()
+    assert runs_of(marks, "one") == 1
+    assert runs_of(marks, "uno") == 0  # the changed body never ran its new step
