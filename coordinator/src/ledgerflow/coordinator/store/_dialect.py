@@ -17,23 +17,18 @@ insert (for ON CONFLICT) has no cache key, so it was compiled on every call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
 from sqlalchemy import Table, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import TextClause
 
 GUARD_FAILED = "22012"
 """SQLSTATE (division_by_zero) of a Postgres statement whose all-or-nothing write missed a row."""
-
-
-def insert_for(conn: AsyncConnection) -> Callable[[Table], Any]:
-    """Return the dialect's ``insert`` (both have ``on_conflict_do_nothing/update``)."""
-    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
 
 
 @dataclass(frozen=True, slots=True)
