@@ -335,3 +335,106 @@ async def test_a_task_released_as_failed_is_not_dispatched_again_at_once(store: 
     assert row is not None
     assert row.status == 1
     assert row.available_time >= failing.create_time + release_delay(1)
+
+
+# --- waitpoints ---------------------------------------------------------------------------
+
+
+def waiting_result(task_id: str, *registrations: workflow_pb2.WaitpointRegistration):  # type: ignore[no-untyped-def]
+    return workflow_pb2.WorkflowTaskResult(
+        task_id=task_id,
+        lease_epoch=1,
+        run_id="a",
+        outcome=workflow_pb2.WORKFLOW_OUTCOME_WAITING,
+        waitpoints=registrations,
+    )
+
+
+async def test_a_sleeping_run_keeps_one_task_due_at_its_deadline(store: Store) -> None:
+    await store.start_run(StartRunSpec(workflow_name="wf", run_id="a"))
+    task = await claim_one(store)
+    await store.dispatch(task, RUNTIME)
+    timer = workflow_pb2.WaitpointRegistration(waitpoint_id="sleep#1", kind=pb.WAITPOINT_KIND_TIMER)
+    timer.timeout.seconds = 3600
+    await store.complete_task("a", waiting_result(task.task_id, timer))
+    snap = await store.get_run("a")
+    assert snap.status == pb.RUN_STATUS_WAITING
+    (open_wp,) = snap.open_waitpoints
+    assert open_wp.waitpoint_id == "sleep#1"
+    # Not claimable before the deadline: the task is the timer.
+    assert (
+        await store.claim_tasks(
+            queues=["wf"], limit=5, lease_nanos=SECOND, worker_id="w", session_id="s"
+        )
+        == []
+    )
+    due = await store.next_task_wakeup(["wf"])
+    assert due is not None
+    assert (
+        abs(due - (open_wp.deadline_time.seconds * SECOND + open_wp.deadline_time.nanos)) < SECOND
+    )
+    # A cancellation brings the task forward.
+    await store.cancel_run("a", reason="r", identity="i")
+    assert (
+        len(
+            await store.claim_tasks(
+                queues=["wf"], limit=5, lease_nanos=SECOND, worker_id="w", session_id="s"
+            )
+        )
+        == 1
+    )
+    await assert_consistent(store, "a")
+
+
+async def test_a_signal_resolves_the_open_wait_and_wakes_the_run(store: Store) -> None:
+    await store.start_run(StartRunSpec(workflow_name="wf", run_id="a"))
+    task = await claim_one(store)
+    await store.dispatch(task, RUNTIME)
+    wait = workflow_pb2.WaitpointRegistration(
+        waitpoint_id="signal:go#1", kind=pb.WAITPOINT_KIND_SIGNAL, name="go"
+    )
+    await store.complete_task("a", waiting_result(task.task_id, wait))
+    assert (
+        await store.claim_tasks(
+            queues=["wf"], limit=5, lease_nanos=SECOND, worker_id="w", session_id="s"
+        )
+        == []
+    )  # no deadline: only a signal wakes it
+    await store.signal_run("a", name="other", payload=None, request_id="", identity="i")
+    seq, _ = await store.signal_run(
+        "a", name="go", payload=json_payload(1), request_id="", identity="i"
+    )
+    (woken,) = await store.claim_tasks(
+        queues=["wf"], limit=5, lease_nanos=SECOND, worker_id="w", session_id="s"
+    )
+    dispatched = await store.dispatch(woken, RUNTIME)
+    assert dispatched is not None
+    resolution = dispatched.task.journal.waitpoints_resolved["signal:go#1"]
+    assert resolution.matched_seq == seq
+    assert payload_value(resolution.payload) == 1
+    # The other signal stays in the inbox for a later wait.
+    assert [s.name for s in dispatched.task.journal.signal_inbox] == ["other"]
+    await assert_consistent(store, "a")
+
+
+async def test_a_malformed_registration_is_refused_and_changes_nothing(store: Store) -> None:
+    await store.start_run(StartRunSpec(workflow_name="wf", run_id="a"))
+    task = await claim_one(store)
+    await store.dispatch(task, RUNTIME)
+    before = await store.get_run("a")
+    for bad, where in (
+        (workflow_pb2.WaitpointRegistration(kind=pb.WAITPOINT_KIND_TIMER), "waitpoint_id"),
+        (
+            workflow_pb2.WaitpointRegistration(waitpoint_id="x", kind=pb.WAITPOINT_KIND_TIMER),
+            "timeout",
+        ),
+        (
+            workflow_pb2.WaitpointRegistration(waitpoint_id="x", kind=pb.WAITPOINT_KIND_SIGNAL),
+            "name",
+        ),
+        (workflow_pb2.WaitpointRegistration(waitpoint_id="x", kind=pb.WAITPOINT_KIND_STEP), "kind"),
+    ):
+        with pytest.raises(TaskRefusedError, match=rf"waitpoints\[0\]\.{where}") as refused:
+            await store.complete_task("a", waiting_result(task.task_id, bad))
+        assert refused.value.reason == wpb.TASK_REJECT_REASON_INVALID
+    assert (await store.get_run("a")).last_seq == before.last_seq

@@ -105,3 +105,37 @@ async def evolve(ctx: workflow.Context, directory: str) -> str:
     await ctx.step("one", mark, directory, "one")
     await ctx.step("two", mark_then_wait, directory, "two")
     return "evolved"
+
+
+@workflow.defn(name="sleeper")
+async def sleeper(ctx: workflow.Context, args: dict[str, object]) -> float:
+    """Mark, sleep durably, mark again; return how long ``ctx.now()`` says it slept."""
+    directory = str(args["dir"])
+    await ctx.step("before", mark, directory, "before")
+    began = ctx.now()
+    await ctx.sleep(float(args["seconds"]))  # type: ignore[arg-type]
+    slept = (ctx.now() - began).total_seconds()
+    await ctx.step("after", mark, directory, "after")
+    return slept
+
+
+@workflow.defn(name="approvals")
+async def approvals(ctx: workflow.Context, args: dict[str, object]) -> object:
+    """Wait for ``count`` signals called ``approve`` (each at most ``timeout`` seconds)."""
+    directory = str(args["dir"])
+    await ctx.step("prepare", mark_then_wait, directory, "prepare")
+    timeout = args.get("timeout")
+    got = []
+    for _ in range(int(args["count"])):  # type: ignore[call-overload]
+        try:
+            got.append(
+                await ctx.wait_for_signal(
+                    "approve",
+                    timeout=None if timeout is None else float(timeout),  # type: ignore[arg-type]
+                )
+            )
+        except workflow.WaitTimeoutError as err:
+            ctx.log.info("gave up: %s", err)
+            return {"timed_out": err.waitpoint_id, "got": got}
+    await ctx.step("publish", mark, directory, "publish")
+    return got

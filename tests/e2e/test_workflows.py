@@ -11,12 +11,11 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -83,20 +82,6 @@ def worker(app_dir: Path, address: str, *extra: str) -> Iterator[subprocess.Pope
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
-
-
-@pytest.fixture
-def app_dir(tmp_path: Path) -> Path:
-    shutil.copy(APP, tmp_path / "e2e_app.py")
-    (tmp_path / "marks").mkdir()
-    return tmp_path
-
-
-@pytest.fixture
-async def cluster(db_url: str, app_dir: Path) -> AsyncIterator[tuple[str, int]]:
-    port = free_port()
-    with server(db_url, port, *LEASE):
-        yield db_url, port
 
 
 def runs_of(marks: Path, name: str) -> int:

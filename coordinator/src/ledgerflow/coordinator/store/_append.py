@@ -535,12 +535,33 @@ def _enqueue_if_idle(batch: Batch, row: sql_runs.RunRow, now: int) -> None:
     A run cancelled while nobody runs it (waiting, or between tasks) must still be
     replayed once, so its compensations run and it ends cancelled.
     """
-    tasks = batch.tasks_of(row.run_id)
-    if not tasks or is_terminal(row.snapshot.status):
-        return  # Never run by workers (a producer's ledger), or already over.
-    if any(t.kind == sql_tasks.WORKFLOW_TASK and t.status != sql_tasks.DONE for t in tasks):
+    if is_terminal(row.snapshot.status):
         return
-    batch.save_task(sql_tasks.new_workflow_task(row.run_id, row.workflow_name, now))
+    ensure_task(batch, row, now)
+
+
+def ensure_task(batch: Batch, row: sql_runs.RunRow, due: int) -> None:
+    """Make a worker-run run's workflow task available by ``due``, creating it if none is open.
+
+    Needs the run's tasks in the batch. A run with no task at all is a producer's
+    ledger (never run by workers) and gets none; one whose task is leased is left to
+    that invocation, whose result schedules what follows. A pending task due later
+    (a sleeping run's timer) is brought forward.
+    """
+    tasks = batch.tasks_of(row.run_id)
+    if not tasks:
+        return
+    open_tasks = [
+        t for t in tasks if t.kind == sql_tasks.WORKFLOW_TASK and t.status != sql_tasks.DONE
+    ]
+    if any(t.status == sql_tasks.LEASED for t in open_tasks):
+        return
+    for task in open_tasks:
+        if task.available_time > due:
+            task.available_time = due
+            batch.save_task(task)
+        return
+    batch.save_task(sql_tasks.new_workflow_task(row.run_id, row.workflow_name, due))
 
 
 def signal_key(request_id: str) -> str:
@@ -583,4 +604,11 @@ async def signal_run(
     outcome = _append_one(batch, row, event, retention)
     if key:
         batch.record_request(key, outcome.ranges)
+    # Imported here: waitpoint ops build on this module's.
+    from ledgerflow.coordinator.store import _waitpoints
+
+    if batch.tasks_of(run_id) and _waitpoints.resolve_signal(
+        batch, row, name, row.last_seq, payload, now=now, retention=retention
+    ):
+        ensure_task(batch, row, now)
     return outcome

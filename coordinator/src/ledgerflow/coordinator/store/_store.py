@@ -249,7 +249,8 @@ class Store:
         now = _now()
         key = ops.signal_key(request_id)
         outcome = await self._submit(
-            ops.Needs(run_ids=(run_id,), request_ids=((run_id, key),) if key else ()),
+            # Tasks: a signal that resolves a wait wakes the run (its task).
+            ops.Needs(run_ids=(run_id,), request_ids=((run_id, key),) if key else (), tasks=True),
             lambda batch: ops.signal_run(
                 batch,
                 run_id,

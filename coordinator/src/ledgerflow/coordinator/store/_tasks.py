@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from ledgerflow.coordinator.store import _append as ops
 from ledgerflow.coordinator.store import _sql_events as sql_events
 from ledgerflow.coordinator.store import _sql_tasks as sql_tasks
+from ledgerflow.coordinator.store import _waitpoints as wps
 from ledgerflow.errors import FailedPreconditionError, LedgerflowError
 from ledgerflow.ledger import LogRetention, is_terminal
 from ledgerflow.v1 import ledger_pb2 as pb
@@ -107,6 +108,9 @@ async def dispatch(
         task.lease_expire_time = task.worker_id = task.session_id = None
         batch.save_task(task)
         return ops.Outcome(value=None)
+    # Deadlines that passed while the run waited resolve first (the timer fires, a
+    # signal wait times out), in this transaction: the body's journal carries them.
+    wps.resolve(batch, row, now=now, retention=retention)
     started = ops._new_event(task.run_id, pb.EVENT_SOURCE_COORDINATOR, now)
     started.run_started.runtime.CopyFrom(runtime)
     started.run_started.invocation = task.invocation
@@ -245,6 +249,34 @@ def _terminal_events(
     return out
 
 
+def check_registrations(registrations: Sequence[workflow_pb2.WaitpointRegistration]) -> None:
+    """Refuse a malformed registration (INVALID, naming the field) before anything changes."""
+    for i, reg in enumerate(registrations):
+        field = f"waitpoints[{i}]"
+        if not reg.waitpoint_id or len(reg.waitpoint_id) > wps.MAX_WAITPOINT_ID_CHARS:
+            raise TaskRefusedError(
+                wpb.TASK_REJECT_REASON_INVALID,
+                f"{field}.waitpoint_id: must be 1 to {wps.MAX_WAITPOINT_ID_CHARS} characters",
+            )
+        if reg.kind not in wps.SUPPORTED_KINDS:
+            raise TaskRefusedError(
+                wpb.TASK_REJECT_REASON_INVALID,
+                f"{field}.kind: waitpoint kind {reg.kind} is not supported (timer, signal, human)",
+            )
+        if reg.kind == pb.WAITPOINT_KIND_TIMER and not reg.HasField("timeout"):
+            raise TaskRefusedError(
+                wpb.TASK_REJECT_REASON_INVALID, f"{field}.timeout: a timer needs one"
+            )
+        if reg.kind in wps.SIGNALLED and not reg.name:
+            raise TaskRefusedError(
+                wpb.TASK_REJECT_REASON_INVALID, f"{field}.name: a signal wait needs the name"
+            )
+        if reg.HasField("timeout") and (reg.timeout.seconds < 0 or reg.timeout.nanos < 0):
+            raise TaskRefusedError(
+                wpb.TASK_REJECT_REASON_INVALID, f"{field}.timeout: must not be negative"
+            )
+
+
 def _compensation_outcome(
     reports: Sequence[workflow_pb2.CompensationReport],
 ) -> pb.CompensationOutcome.ValueType:
@@ -285,12 +317,25 @@ async def complete(
             wpb.TASK_REJECT_REASON_INVALID,
             f"run_id: {result.run_id!r} is not the task's run {task.run_id!r}",
         )
+    waiting = result.outcome == workflow_pb2.WORKFLOW_OUTCOME_WAITING
+    if waiting:
+        check_registrations(result.waitpoints)
     events = _terminal_events(result, task.run_id, now)
+    row = batch.rows[task.run_id]
+    # A wait the ledger already resolved (while this invocation ran) wakes the run at once.
+    wake = False
+    if waiting:
+        events[-1:-1] = wps.registered_events(row, result.waitpoints, now)
+        resolved = row.journal.waitpoints_resolved
+        wake = any(reg.waitpoint_id in resolved for reg in result.waitpoints)
     outcome = await ops.append_events(batch, events, request_id="", retention=retention)
     task.status = sql_tasks.DONE
     task.lease_expire_time = task.worker_id = task.session_id = None
     batch.save_task(task)
     row = batch.rows[task.run_id]
+    if waiting:
+        wake = wps.resolve(batch, row, now=now, retention=retention) or wake
+        wps.schedule(batch, row, now=now, wake=wake)
     outcome.value = row.last_seq
     return outcome
 

@@ -135,6 +135,29 @@ class StepFailedError(LedgerflowError):
         self.attempt = attempt
 
 
+class WaitTimeoutError(LedgerflowError, TimeoutError):
+    """A durable wait (``ctx.wait_for_signal(..., timeout=)``) reached its deadline first.
+
+    Raised in the workflow body, which may catch it like any error; replay raises it
+    again at the same point.
+
+    Attributes:
+        waitpoint_id: The waitpoint that timed out.
+        name: What it waited for (the signal's name).
+    """
+
+    def __init__(self, waitpoint_id: str, name: str) -> None:
+        """Create the error.
+
+        Args:
+            waitpoint_id: The waitpoint that timed out.
+            name: What it waited for.
+        """
+        super().__init__(f"timed out waiting for {name!r} ({waitpoint_id})")
+        self.waitpoint_id = waitpoint_id
+        self.name = name
+
+
 class WorkflowNotFoundError(LedgerflowError, LookupError):
     """No registered workflow has the given name (and version)."""
 
@@ -299,6 +322,7 @@ __all__ = [
     "RunTerminatedError",
     "RunTimedOutError",
     "StepFailedError",
+    "WaitTimeoutError",
     "WorkerRefusedError",
     "WorkflowNotFoundError",
     "WorkflowUsageError",

@@ -32,7 +32,8 @@ Deviations from the reference, each pinned by a test in
 Events the reference does not have (scheduling, compensation, waitpoints,
 checkpoints, metadata, cancellation requests, signals) only touch fields the
 reference does not have, so they cannot change any reference-visible field
-except ``update_time``, which every event advances as in the reference.
+except ``update_time``, which every event advances as in the reference. A
+terminal event also clears ``open_waitpoints``: an ended run waits on nothing.
 """
 
 from __future__ import annotations
@@ -336,6 +337,8 @@ def _on_run_ended(snap: pb.RunSnapshot, event: pb.LedgerEvent, occurred: int) ->
         return
     ended = getattr(event, case)
     _finish(snap, _TERMINAL_BY_CASE[case], occurred)
+    # A run that ended waits on nothing: its pending timers and waits are discarded.
+    del snap.open_waitpoints[:]
     if case == "run_completed":
         snap.ClearField("error")
         if ended.HasField("result_summary"):

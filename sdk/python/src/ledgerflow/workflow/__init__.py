@@ -8,7 +8,7 @@ steps run their subprocess as a step function does); see ``docs/workflows.md``
 for the replay and compensation semantics.
 """
 
-from ledgerflow.errors import NonDeterminismError, StepFailedError
+from ledgerflow.errors import NonDeterminismError, StepFailedError, WaitTimeoutError
 from ledgerflow.workflow._command import (
     RESULT_FILE_ENV,
     CommandArtifact,
@@ -24,6 +24,7 @@ from ledgerflow.workflow._signals import (
     CancelledSignal,
     CompensateRequestedSignal,
     ControlFlowSignal,
+    WaitpointPendingSignal,
 )
 from ledgerflow.workflow._sink import BatchingSink, EventSink
 
@@ -44,6 +45,8 @@ __all__ = [
     "Registry",
     "RetryPolicy",
     "StepFailedError",
+    "WaitTimeoutError",
+    "WaitpointPendingSignal",
     "WorkflowContext",
     "WorkflowDefinition",
     "WorkflowExecution",

@@ -458,6 +458,60 @@ class WorkflowContext:
             summary, step, _CHECKPOINT_KINDS[kind], list(lines), truncated, payload
         )
 
+    async def sleep(self, duration: float | timedelta) -> None:
+        """Sleep durably: the run waits on a timer without holding the worker.
+
+        The invocation ends ``waiting``; the coordinator fires the timer (after a
+        restart too) and dispatches the run again, which replays to here and goes on.
+        ``ctx.now()`` afterwards is the time the timer fired.
+
+        Args:
+            duration: Seconds, or a ``timedelta``; 0 or less wakes at once (still durably).
+        """
+        seconds = duration.total_seconds() if isinstance(duration, timedelta) else duration
+        await self._ex._sleep_until(self._ex._now_ns + int(float(seconds) * 1e9))
+
+    async def sleep_until(self, when: datetime) -> None:
+        """Sleep durably until ``when`` (timezone-aware; naive means UTC); see :meth:`sleep`.
+
+        Args:
+            when: The time to wake.
+        """
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        ns = int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+        await self._ex._sleep_until(ns)
+
+    async def wait_for_signal(
+        self,
+        name: str,
+        *,
+        # A durable deadline kept by the coordinator, which asyncio.timeout cannot be.
+        timeout: float | timedelta | None = None,  # noqa: ASYNC109
+        type: Any = None,
+    ) -> Any:
+        """Wait durably for the run's next signal called ``name`` and return its payload.
+
+        Signals wait in the run's inbox, so one sent before the wait is returned too;
+        each signal is consumed by one wait, oldest first. While nothing has arrived
+        the run waits without holding the worker.
+
+        Args:
+            name: The signal's name (``SignalRun``, ``ledgerflow run signal``).
+            timeout: Give up after this long (seconds or ``timedelta``); None waits forever.
+            type: Decode the payload as this type (dataclass, pydantic model, ...);
+                None returns the JSON value.
+
+        Returns:
+            The signal's payload (None when it had none).
+
+        Raises:
+            WaitTimeoutError: ``timeout`` passed first (a normal error: catch it to
+                carry on; replay raises it again at the same point).
+        """
+        seconds = None if timeout is None else _seconds(timeout)
+        return await self._ex._wait_for_signal(name, seconds, type)
+
     def compensate(self) -> NoReturn:
         """Stop the body and run the compensations of its completed steps, LIFO.
 

@@ -28,7 +28,8 @@ COMPENSATED                 ``run_failed(error, compensation=COMPENSATED)``; err
 COMPENSATION_FAILED         ``run_failed(error, compensation=COMPENSATION_FAILED)``
 CANCELLED                   ``run_cancelled(error=reason, compensation=...)``, the
                             compensation outcome read off ``result.compensations``
-WAITING                     ``run_waiting(waitpoint_ids)`` (nothing produces it yet)
+WAITING                     ``run_waiting(waitpoint_ids)``; ``waitpoints`` lists the
+                            registrations (the coordinator records and resolves them)
 ==========================  ======================================================
 
 ``run_started`` is the dispatcher's (it knows the worker). The engine returns only
@@ -146,6 +147,7 @@ from ledgerflow.errors import (
     InvalidArgumentError,
     NonDeterminismError,
     StepFailedError,
+    WaitTimeoutError,
     WorkflowUsageError,
 )
 from ledgerflow.ledger import (
@@ -303,8 +305,11 @@ class WorkflowExecution:
         # A proto map, as apply_metadata_mutations expects (indexing creates the entry).
         self._metadata_view = journal_pb2.JournalSlice().metadata_state
         self._compensables: list[_Compensable] = []
-        # Waitpoints the body registered; ctx.sleep and signals will add them.
+        # Waitpoints the body registered in this invocation (ctx.sleep, wait_for_signal),
+        # and those the ledger resolved; ids come from a counter, as step ordinals do.
         self._waitpoints: list[workflow_pb2.WaitpointRegistration] = []
+        self._resolved = journal.waitpoints_resolved
+        self._wait_count = 0
 
         self._cancel_requested = task.cancel_requested
         self._cancel_reason = task.cancel_reason
@@ -796,6 +801,63 @@ class WorkflowExecution:
             raise self._deliver(CancelledSignal(self._cancel_reason))
         if self._closed:
             raise CancelledSignal("the workflow body has already finished")
+
+    # -- waitpoints ------------------------------------------------------------------------
+
+    def _wait(
+        self,
+        kind: pb.WaitpointKind.ValueType,
+        label: str,
+        name: str,
+        deadline_ns: int | None,
+        what: str,
+    ) -> tuple[str, journal_pb2.WaitpointResolution]:
+        """Return the waitpoint's id and recorded resolution, or register it and unwind.
+
+        The id is ``label#n`` for the body's n-th wait, so a replay finds the same
+        waitpoint at the same point. An unresolved wait is registered (its remaining
+        time measured on the wall clock, which the coordinator turns into its own
+        deadline) and ``WaitpointPendingSignal`` unwinds the body: the run waits
+        without holding the worker, and is dispatched again once it is resolved.
+        """
+        self._check_body_call(what)
+        self._raise_if_stopped()
+        self._wait_count += 1
+        waitpoint_id = f"{label}#{self._wait_count}"
+        resolution = self._resolved.get(waitpoint_id)
+        if resolution is not None:
+            if resolution.kind != kind:
+                raise self._nondeterministic(
+                    f"the workflow body waits on {waitpoint_id!r} as a "
+                    f"{pb.WaitpointKind.Name(kind)} but the ledger resolved it as a "
+                    f"{pb.WaitpointKind.Name(resolution.kind)}",
+                    ordinal=self._wait_count,
+                    step_id=waitpoint_id,
+                    recorded_step_id=waitpoint_id,
+                )
+            self._advance(to_nanos(resolution.resolve_time))
+            return waitpoint_id, resolution
+        self._raise_if_cancelled()
+        registration = workflow_pb2.WaitpointRegistration(
+            waitpoint_id=waitpoint_id, kind=kind, name=name
+        )
+        if deadline_ns is not None:
+            set_duration_nanos(registration.timeout, max(0, deadline_ns - self._clock()))
+        self._waitpoints.append(registration)
+        raise self._deliver(WaitpointPendingSignal(waitpoint_id))
+
+    async def _sleep_until(self, deadline_ns: int) -> None:
+        self._wait(pb.WAITPOINT_KIND_TIMER, "sleep", "", deadline_ns, "ctx.sleep()")
+
+    async def _wait_for_signal(self, name: str, seconds: float | None, hint: Any) -> Any:
+        deadline = None if seconds is None else self._now_ns + int(seconds * 1e9)
+        waitpoint_id, resolution = self._wait(
+            pb.WAITPOINT_KIND_SIGNAL, f"signal:{name}", name, deadline, "ctx.wait_for_signal()"
+        )
+        if resolution.timed_out:
+            raise WaitTimeoutError(waitpoint_id, name)
+        payload = resolution.payload if resolution.HasField("payload") else None
+        return decode(payload, hint)
 
     # -- compensation ----------------------------------------------------------------------
 

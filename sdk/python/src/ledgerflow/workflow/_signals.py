@@ -49,8 +49,8 @@ class CompensateRequestedSignal(ControlFlowSignal):
 class WaitpointPendingSignal(ControlFlowSignal):
     """The body waits on a waitpoint; the invocation ends ``waiting``.
 
-    Nothing raises it yet (``ctx.sleep`` and signals come with waitpoints); it is
-    here so the outcome decision is the reference executor's whole table.
+    Raised by ``ctx.sleep`` and ``ctx.wait_for_signal`` when the ledger has not
+    resolved the waitpoint yet; let it propagate.
 
     Attributes:
         waitpoint_id: The waitpoint waited on.
