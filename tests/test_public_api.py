@@ -65,7 +65,14 @@ PUBLIC = {
         "slice_positional_log_lines",
         "validate_event",
     ],
-    "ledgerflow.worker": ["DEFAULT_DRAIN_TIMEOUT", "DEFAULT_MAX_CONCURRENT_TASKS", "Worker"],
+    "ledgerflow.worker": [
+        "DEFAULT_DRAIN_TIMEOUT",
+        "DEFAULT_MAX_CONCURRENT_TASKS",
+        "StepCancelledError",
+        "StepContext",
+        "StepHandler",
+        "Worker",
+    ],
     "ledgerflow.workflow": [
         "RESULT_FILE_ENV",
         "WORKFLOW_LOG_CHANNEL",

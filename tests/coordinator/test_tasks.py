@@ -45,6 +45,7 @@ async def test_start_run_queues_a_task_that_a_claim_leases_and_dispatch_records(
     dispatched = await store.dispatch(task, RUNTIME)
     assert dispatched is not None
     wt = dispatched.task
+    assert wt is not None
     assert (wt.task_id, wt.lease_epoch, wt.run_id, wt.workflow_name) == (task.task_id, 1, "a", "wf")
     assert payload_value(wt.input) == {"x": 1}
     assert list(wt.tags) == ["t"]
@@ -200,6 +201,7 @@ async def test_release_and_heartbeats(store: Store) -> None:
     assert (again.task_id, again.lease_epoch, again.invocation) == (task.task_id, 2, 2)
     dispatched = await store.dispatch(again, RUNTIME)
     assert dispatched is not None
+    assert dispatched.task is not None
     assert dispatched.task.cancel_requested
 
 
@@ -224,6 +226,7 @@ async def test_cancelling_a_run_nobody_runs_queues_a_task_to_compensate(store: S
     assert again.task_id != task.task_id
     dispatched = await store.dispatch(again, RUNTIME)
     assert dispatched is not None
+    assert dispatched.task is not None
     assert dispatched.task.cancel_requested
     # A cancel of a run whose task is leased queues nothing more.
     await store.start_run(StartRunSpec(workflow_name="wf", run_id="b"))
@@ -409,6 +412,7 @@ async def test_a_signal_resolves_the_open_wait_and_wakes_the_run(store: Store) -
     )
     dispatched = await store.dispatch(woken, RUNTIME)
     assert dispatched is not None
+    assert dispatched.task is not None
     resolution = dispatched.task.journal.waitpoints_resolved["signal:go#1"]
     assert resolution.matched_seq == seq
     assert payload_value(resolution.payload) == 1
@@ -432,7 +436,10 @@ async def test_a_malformed_registration_is_refused_and_changes_nothing(store: St
             workflow_pb2.WaitpointRegistration(waitpoint_id="x", kind=pb.WAITPOINT_KIND_SIGNAL),
             "name",
         ),
-        (workflow_pb2.WaitpointRegistration(waitpoint_id="x", kind=pb.WAITPOINT_KIND_STEP), "kind"),
+        (
+            workflow_pb2.WaitpointRegistration(waitpoint_id="x", kind=pb.WAITPOINT_KIND_CHILD_RUN),
+            "kind",
+        ),
     ):
         with pytest.raises(TaskRefusedError, match=rf"waitpoints\[0\]\.{where}") as refused:
             await store.complete_task("a", waiting_result(task.task_id, bad))

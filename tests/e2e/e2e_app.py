@@ -139,3 +139,15 @@ async def approvals(ctx: workflow.Context, args: dict[str, object]) -> object:
             return {"timed_out": err.waitpoint_id, "got": got}
     await ctx.step("publish", mark, directory, "publish")
     return got
+
+
+@workflow.defn(name="remote")
+async def remote(ctx: workflow.Context, text: str) -> dict[str, object]:
+    """Two steps on a worker of kind ``upper``: one succeeds, one fails."""
+    ctx.log.info("asking for %s", text)
+    loud = await ctx.step("shout", text, worker_kind="upper")
+    try:
+        await ctx.step("shout", "boom", worker_kind="upper")
+    except workflow.StepFailedError as err:
+        failure = err.error.message
+    return {"loud": loud, "failure": failure, "waited_at": ctx.now().isoformat()}

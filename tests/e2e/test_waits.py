@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import signal
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,8 +19,10 @@ from ledgerflow.errors import FailedPreconditionError, RunCancelledError
 from ledgerflow.ledger import payload_value
 from ledgerflow.ledger._time import to_nanos
 from ledgerflow.v1 import ledger_pb2 as pb
-from tests.e2e.test_workflows import LEASE, free_port, runs_of, server, worker
+from tests.e2e.test_workflows import BIN, LEASE, free_port, runs_of, server, worker
 from tests.pg_cluster import PgCluster
+
+STEPS_APP = Path(__file__).with_name("steps_app.py")
 
 
 @pytest.fixture
@@ -153,20 +161,22 @@ async def test_a_signal_wait_times_out_into_an_error_the_body_can_catch(
     assert runs_of(marks, "publish") == 0
 
 
-async def test_sleeping_runs_hold_no_worker_slot(cluster: tuple[str, int], app_dir: Path) -> None:
-    _, port = cluster
+async def test_sleeping_runs_hold_no_worker_slot(db_url: str, app_dir: Path) -> None:
+    port = free_port()
     address = f"127.0.0.1:{port}"
     marks = app_dir / "marks"
     count = 1000
-    with worker(app_dir, address, "--max-concurrent-tasks", "2"):
+    # Default (10 s) leases: a busy machine must not expire one and rerun a step.
+    with server(db_url, port), worker(app_dir, address, "--max-concurrent-tasks", "2"):
         client = await Client.connect(address)
         try:
             for i in range(count):
                 await client.start(
                     "sleeper", {"dir": str(marks), "seconds": 3600}, run_id=f"sleep-{i}"
                 )
-            # Dispatch is first come, first served: this run gets one of the worker's two
-            # slots only after every sleeper had its turn and gave its slot back.
+            for i in range(count):
+                await waiting_on(client, f"sleep-{i}")
+            # A thousand runs wait, the worker has two slots: both are free.
             assert await (await client.start("sum", 4)).result(timeout=300) == 6
             waiting = [
                 r.run_id async for r in client.iter_runs(statuses=["waiting"], page_size=500)
@@ -222,3 +232,52 @@ async def test_a_run_cancelled_while_it_sleeps_ends_cancelled_at_once(
     assert snap.status == pb.RUN_STATUS_CANCELLED
     assert not snap.open_waitpoints  # discarded with the run
     assert runs_of(marks, "after") == 0
+
+
+@contextmanager
+def step_worker(app_dir: Path, address: str) -> Iterator[subprocess.Popen[str]]:
+    """Run ``ledgerflow worker steps_app:worker`` (kind ``upper``) against ``address``."""
+    shutil.copy(STEPS_APP, app_dir / "steps_app.py")
+    proc = subprocess.Popen(
+        [str(BIN), "worker", "steps_app:worker"],
+        cwd=app_dir,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "LEDGERFLOW_ADDRESS": address},
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+async def test_a_step_runs_on_a_worker_of_its_kind_with_its_logs_in_the_run(
+    cluster: tuple[str, int], app_dir: Path
+) -> None:
+    _, port = cluster
+    address = f"127.0.0.1:{port}"
+    with worker(app_dir, address, "--max-concurrent-tasks", "1"), step_worker(app_dir, address):
+        client = await Client.connect(address)
+        try:
+            result = await (await client.start("remote", "hello", run_id="rs")).result(timeout=60)
+            snap = await client.get_run("rs")
+            lines = [(line.channel, line.text) async for line in client.tail_logs("rs")]
+            events = [e async for e in client.iter_events("rs")]
+        finally:
+            await client.close()
+    assert result["loud"] == "HELLO"
+    assert result["failure"] == "cannot shout boom"
+    shout = snap.steps["shout"]
+    assert (shout.status, shout.worker_kind) == (pb.STEP_STATUS_COMPLETED, "upper")
+    assert shout.progress.message == "shouted"
+    assert snap.steps["shout#2"].status == pb.STEP_STATUS_FAILED
+    assert ("step:shout:1", "[info] upper hello (attempt 1)") in lines
+    assert ("step:shout#2:1", "[info] upper boom (attempt 1)") in lines
+    started = [e.step_started for e in events if e.HasField("step_started")]
+    assert [(s.step_id, s.attempt) for s in started] == [("shout", 1), ("shout#2", 1)]
+    assert all(s.worker_id and s.worker_id != "" for s in started)
+    kinds = [e.WhichOneof("payload") for e in events]
+    # The body waited twice without a slot: scheduled, waiting, started, result, resolved.
+    assert kinds.count("run_waiting") == 2
+    assert kinds.count("step_scheduled") == 2

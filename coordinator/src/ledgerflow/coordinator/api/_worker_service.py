@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -33,13 +33,14 @@ import grpc
 
 from ledgerflow.coordinator.api._run_service import Limits, check_events
 from ledgerflow.coordinator.store import Store, Touched
+from ledgerflow.coordinator.store._append import Outcome
 from ledgerflow.coordinator.store._tasks import TaskRefusedError
 from ledgerflow.errors import InvalidArgumentError, LedgerflowError, PayloadTooLargeError
 from ledgerflow.ledger import check_id
 from ledgerflow.ledger._time import set_nanos
 from ledgerflow.v1 import ledger_pb2 as pb
+from ledgerflow.v1 import step_pb2, worker_service_pb2_grpc, workflow_pb2
 from ledgerflow.v1 import worker_service_pb2 as wpb
-from ledgerflow.v1 import worker_service_pb2_grpc, workflow_pb2
 
 _log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class Session:
     runtime: pb.Runtime
     queues: tuple[str, ...]
     capacity: int
+    step_queues: tuple[str, ...] = ()
     held: dict[str, Held] = field(default_factory=dict)
     outbox: asyncio.Queue[wpb.ConnectResponse | None] = field(default_factory=asyncio.Queue)
     draining: bool = False
@@ -197,6 +199,7 @@ class Dispatcher:
                     lease_nanos=self._leases.lease_nanos,
                     worker_id=session.worker_id,
                     session_id=session.session_id,
+                    step_queues=session.step_queues,
                 )
                 if not claimed:
                     break
@@ -210,11 +213,15 @@ class Dispatcher:
                     if dispatched is None:
                         session.held.pop(task.task_id, None)
                         continue
+                    if dispatched.step is not None:
+                        session.send(wpb.ConnectResponse(step_task=dispatched.step))
+                        continue
                     wt = dispatched.task
+                    assert wt is not None
                     wt.lease_duration.FromNanoseconds(self._leases.lease_nanos)
                     session.held[task.task_id].cancel_sent = wt.cancel_requested
                     session.send(wpb.ConnectResponse(workflow_task=wt))
-        queues = sorted({q for s in self.sessions.values() for q in s.queues})
+        queues = sorted({q for s in self.sessions.values() for q in (*s.queues, *s.step_queues)})
         wakeup = await self._store.next_task_wakeup(queues)
         # Other coordinators' tasks and leases change without telling us unless we
         # share a Postgres NOTIFY stream; look at least once a lease period.
@@ -290,6 +297,8 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                 )
             for i, w in enumerate(hello.workflows):
                 check_id(w.name, f"hello.workflows[{i}].name")
+            for i, kind in enumerate(hello.step_kinds):
+                check_id(kind, f"hello.step_kinds[{i}]")
             if hello.max_concurrent_tasks < 1:
                 raise InvalidArgumentError("hello.max_concurrent_tasks", "must be at least 1")
         except InvalidArgumentError as err:
@@ -303,6 +312,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             runtime=runtime,
             queues=tuple(sorted({w.name for w in hello.workflows})),
             capacity=hello.max_concurrent_tasks,
+            step_queues=tuple(sorted(set(hello.step_kinds))),
         )
 
     async def _claim_held(self, session: Session, held: Sequence[wpb.HeldTask]) -> None:
@@ -364,7 +374,9 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             return self._on_heartbeat(session, request.heartbeat)
         if case == "release":
             return self._on_release(session, request.release)
-        return None  # hello again, step results (not yet): ignored
+        if case == "step_result":
+            return self._on_step_result(session, request.step_result)
+        return None  # hello again: ignored
 
     def _run_of(self, session: Session, task_id: str, epoch: int) -> str | None:
         held = session.held.get(task_id)
@@ -429,6 +441,17 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             self._dispatcher.wake()
 
     async def _on_result(self, session: Session, result: workflow_pb2.WorkflowTaskResult) -> None:
+        await self._take_result(session, result, self._store.complete_task)
+
+    async def _on_step_result(self, session: Session, result: step_pb2.StepResult) -> None:
+        await self._take_result(session, result, self._store.complete_step)
+
+    async def _take_result(
+        self,
+        session: Session,
+        result: Any,
+        complete: Callable[[str, Any], Awaitable[Outcome]],
+    ) -> None:
         run_id = self._run_of(session, result.task_id, result.lease_epoch)
         if run_id is None:
             task = await self._store.find_task(result.task_id)
@@ -442,7 +465,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                 return
             run_id = task.run_id  # A resent result: the store answers it as a duplicate or stale.
         try:
-            outcome = await self._store.complete_task(run_id, result)
+            outcome = await complete(run_id, result)
         except LedgerflowError as err:
             self._refused(session, result.task_id, result.lease_epoch, err)
             return

@@ -123,6 +123,11 @@ tasks = Table(
     # For workflow tasks: the run's workflow-task dispatch count at the last dispatch.
     Column("invocation", BigInteger, nullable=False, server_default=text("0")),
     Column("create_time", BigInteger, nullable=False),
+    # Step tasks only (null for workflow tasks): the step the task runs, and the
+    # serialized StepRequest sent to the worker (its task id, epoch and attempt are
+    # filled in at each dispatch).
+    Column("step_id", Text, nullable=True),
+    Column("step_request", LargeBinary, nullable=True),
     PrimaryKeyConstraint("run_id", "task_id"),
 )
 Index("ix_tasks_task_id", tasks.c.task_id, unique=True)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledgerflow.coordinator.store._dialect import Write
@@ -48,6 +48,8 @@ class TaskRow:
     session_id: str | None
     invocation: int
     create_time: int
+    step_id: str | None = None
+    step_request: bytes | None = None
 
 
 _COLUMNS = tuple(f.name for f in fields(TaskRow))
@@ -69,6 +71,15 @@ def new_workflow_task(run_id: str, queue: str, now: int) -> TaskRow:
         invocation=0,
         create_time=now,
     )
+
+
+def new_step_task(run_id: str, step_id: str, worker_kind: str, request: bytes, now: int) -> TaskRow:
+    """Return a new pending step task running ``step_id`` on a worker of ``worker_kind``."""
+    task = new_workflow_task(run_id, worker_kind, now)
+    task.kind = STEP_TASK
+    task.step_id = step_id
+    task.step_request = request
+    return task
 
 
 def _decode(row: Any) -> TaskRow:
@@ -132,21 +143,29 @@ async def claim(
     lease_nanos: int,
     worker_id: str,
     session_id: str,
+    step_queues: Sequence[str] = (),
 ) -> list[TaskRow]:
-    """Lease up to ``limit`` available pending workflow tasks of ``queues``, oldest first.
+    """Lease up to ``limit`` available pending tasks, oldest first.
+
+    Workflow tasks of the workflows in ``queues``, step tasks of the worker kinds in
+    ``step_queues`` (the two are separate namespaces).
 
     Each claimed task's epoch and invocation grow by one. On Postgres, ``FOR
     UPDATE SKIP LOCKED`` lets coordinators claim concurrently without waiting on
     each other or taking the same task; SQLite has one writer at a time anyway.
     """
-    if not queues or limit <= 0:
+    if not (queues or step_queues) or limit <= 0:
         return []
+    wanted = []
+    if queues:
+        wanted.append(and_(tasks.c.kind == WORKFLOW_TASK, tasks.c.queue.in_(set(queues))))
+    if step_queues:
+        wanted.append(and_(tasks.c.kind == STEP_TASK, tasks.c.queue.in_(set(step_queues))))
     candidates = (
         select(tasks.c.task_id)
         .where(
             tasks.c.status == PENDING,
-            tasks.c.kind == WORKFLOW_TASK,
-            tasks.c.queue.in_(set(queues)),
+            or_(*wanted),
             tasks.c.available_time <= now,
         )
         .order_by(tasks.c.available_time)

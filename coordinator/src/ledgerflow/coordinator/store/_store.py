@@ -65,7 +65,7 @@ from ledgerflow.coordinator.store._dialect import GUARD_FAILED, write_all
 from ledgerflow.coordinator.store._engine import READ_ONLY
 from ledgerflow.errors import LedgerflowError, RunNotFoundError
 from ledgerflow.ledger import LogRetention
-from ledgerflow.v1 import common_pb2, workflow_pb2
+from ledgerflow.v1 import common_pb2, step_pb2, workflow_pb2
 from ledgerflow.v1 import ledger_pb2 as pb
 from ledgerflow.v1 import run_service_pb2 as rpb
 
@@ -274,8 +274,9 @@ class Store:
         lease_nanos: int,
         worker_id: str,
         session_id: str,
+        step_queues: Sequence[str] = (),
     ) -> list[sql_tasks.TaskRow]:
-        """Lease up to ``limit`` available workflow tasks of ``queues`` (committed on return).
+        """Lease up to ``limit`` available tasks (committed on return); see ``sql_tasks.claim``.
 
         The dispatch is not in the ledger yet: record it with :meth:`dispatch`. A
         coordinator dying in between leaves a lease that simply expires.
@@ -289,6 +290,7 @@ class Store:
                 lease_nanos=lease_nanos,
                 worker_id=worker_id,
                 session_id=session_id,
+                step_queues=step_queues,
             )
         for task in claimed:
             self._task_cache.pop(task.task_id, None)
@@ -324,6 +326,14 @@ class Store:
             ),
         )
         return cast(task_ops.Dispatched | None, outcome.value)
+
+    async def complete_step(self, run_id: str, result: step_pb2.StepResult) -> ops.Outcome:
+        """Append a step task's result and wake its run; see :func:`task_ops.complete_step`."""
+        now = _now()
+        return await self._submit(
+            ops.Needs(run_ids=(run_id,), tasks=True),
+            lambda batch: task_ops.complete_step(batch, result, now=now, retention=self.retention),
+        )
 
     async def append_task_events(
         self,

@@ -20,13 +20,15 @@ from dataclasses import dataclass
 
 from ledgerflow.coordinator.store import _append as ops
 from ledgerflow.coordinator.store import _sql_events as sql_events
+from ledgerflow.coordinator.store import _sql_runs as sql_runs
 from ledgerflow.coordinator.store import _sql_tasks as sql_tasks
 from ledgerflow.coordinator.store import _waitpoints as wps
 from ledgerflow.errors import FailedPreconditionError, LedgerflowError
 from ledgerflow.ledger import LogRetention, is_terminal
+from ledgerflow.ledger._time import set_nanos
+from ledgerflow.v1 import common_pb2, step_pb2, workflow_pb2
 from ledgerflow.v1 import ledger_pb2 as pb
 from ledgerflow.v1 import worker_service_pb2 as wpb
-from ledgerflow.v1 import workflow_pb2
 
 # What a worker may append under a task lease: facts about steps and about what the
 # body emits. A run's lifecycle (run_*) follows from dispatches and results.
@@ -77,11 +79,22 @@ def _leased(batch: ops.Batch, task_id: str, epoch: int) -> sql_tasks.TaskRow:
     return task
 
 
+# What a worker may append under a step task: what the step emits while it runs. Its
+# start comes from the dispatch, its end from the result.
+STEP_WORKER_EVENTS = frozenset(
+    {"step_progress", "log_appended", "checkpoint_recorded", "summary_updated"}
+)
+
+
 @dataclass(slots=True)
 class Dispatched:
-    """What a worker needs to run a workflow task, read under the lock of its dispatch."""
+    """What a worker needs to run a task, read under the lock of its dispatch.
 
-    task: workflow_pb2.WorkflowTask
+    Exactly one of ``task`` (a workflow task) and ``step`` (a step task) is set.
+    """
+
+    task: workflow_pb2.WorkflowTask | None = None
+    step: step_pb2.StepRequest | None = None
 
 
 async def dispatch(
@@ -104,10 +117,10 @@ async def dispatch(
         return ops.Outcome(value=None)
     row = batch.rows.get(task.run_id)
     if row is None or is_terminal(row.snapshot.status):
-        task.status = sql_tasks.DONE
-        task.lease_expire_time = task.worker_id = task.session_id = None
-        batch.save_task(task)
+        _finish(batch, task)
         return ops.Outcome(value=None)
+    if task.kind == sql_tasks.STEP_TASK:
+        return _dispatch_step(batch, task, row, runtime, now=now, retention=retention)
     # Deadlines that passed while the run waited resolve first (the timer fires, a
     # signal wait times out), in this transaction: the body's journal carries them.
     wps.resolve(batch, row, now=now, retention=retention)
@@ -134,7 +147,42 @@ async def dispatch(
         out.run_start_time.CopyFrom(snap.start_time)
     # The batch's journal is the writer's own (cached) object: the task gets a copy.
     out.journal.CopyFrom(row.journal)
-    outcome.value = Dispatched(out)
+    outcome.value = Dispatched(task=out)
+    return outcome
+
+
+def _finish(batch: ops.Batch, task: sql_tasks.TaskRow) -> None:
+    task.status = sql_tasks.DONE
+    task.lease_expire_time = task.worker_id = task.session_id = None
+    batch.save_task(task)
+
+
+def _dispatch_step(
+    batch: ops.Batch,
+    task: sql_tasks.TaskRow,
+    row: sql_runs.RunRow,
+    runtime: pb.Runtime,
+    *,
+    now: int,
+    retention: LogRetention,
+) -> ops.Outcome:
+    """Record a step task's dispatch (``step_started``, attempt = dispatch count)."""
+    request = step_pb2.StepRequest.FromString(task.step_request or b"")
+    request.task_id = task.task_id
+    request.lease_epoch = task.lease_epoch
+    request.attempt = task.invocation
+    started = ops._new_event(task.run_id, pb.EVENT_SOURCE_COORDINATOR, now)
+    e = started.step_started
+    e.step_id = request.step_id
+    e.name = request.step_name
+    e.attempt = request.attempt
+    e.kind = "remote"
+    e.worker_id = runtime.worker_id
+    pending = row.journal.pending_steps.get(request.step_id)
+    if pending is not None:
+        e.ordinal = pending.ordinal
+    outcome = ops._append_one(batch, row, started, retention)
+    outcome.value = Dispatched(step=request)
     return outcome
 
 
@@ -185,6 +233,15 @@ async def append_batch(
             return ops.Outcome(duplicate=True, ranges=prior, value=_cursors(batch, task, events))
     task = _leased(batch, task_id, epoch)
     check_worker_events(events, task.run_id)
+    if task.kind == sql_tasks.STEP_TASK:
+        for index, event in enumerate(events):
+            if event.WhichOneof("payload") not in STEP_WORKER_EVENTS:
+                raise TaskRefusedError(
+                    wpb.TASK_REJECT_REASON_INVALID,
+                    f"events[{index}]: a step task may append only "
+                    f"{', '.join(sorted(STEP_WORKER_EVENTS))}; its start and end come "
+                    "from the dispatch and the step_result",
+                )
     try:
         outcome = await ops.append_events(batch, events, request_id=request_id, retention=retention)
     except FailedPreconditionError as err:
@@ -261,11 +318,16 @@ def check_registrations(registrations: Sequence[workflow_pb2.WaitpointRegistrati
         if reg.kind not in wps.SUPPORTED_KINDS:
             raise TaskRefusedError(
                 wpb.TASK_REJECT_REASON_INVALID,
-                f"{field}.kind: waitpoint kind {reg.kind} is not supported (timer, signal, human)",
+                f"{field}.kind: waitpoint kind {reg.kind} is not supported "
+                "(timer, signal, human, step)",
             )
         if reg.kind == pb.WAITPOINT_KIND_TIMER and not reg.HasField("timeout"):
             raise TaskRefusedError(
                 wpb.TASK_REJECT_REASON_INVALID, f"{field}.timeout: a timer needs one"
+            )
+        if reg.kind == pb.WAITPOINT_KIND_STEP and not reg.name:
+            raise TaskRefusedError(
+                wpb.TASK_REJECT_REASON_INVALID, f"{field}.name: a step wait needs the step id"
             )
         if reg.kind in wps.SIGNALLED and not reg.name:
             raise TaskRefusedError(
@@ -318,10 +380,11 @@ async def complete(
             f"run_id: {result.run_id!r} is not the task's run {task.run_id!r}",
         )
     waiting = result.outcome == workflow_pb2.WORKFLOW_OUTCOME_WAITING
+    row = batch.rows[task.run_id]
     if waiting:
         check_registrations(result.waitpoints)
+        _check_steps(row, result.waitpoints)
     events = _terminal_events(result, task.run_id, now)
-    row = batch.rows[task.run_id]
     # A wait the ledger already resolved (while this invocation ran) wakes the run at once.
     wake = False
     if waiting:
@@ -336,6 +399,142 @@ async def complete(
     if waiting:
         wake = wps.resolve(batch, row, now=now, retention=retention) or wake
         wps.schedule(batch, row, now=now, wake=wake)
+        _schedule_steps(batch, row, result.waitpoints, now)
+    outcome.value = row.last_seq
+    return outcome
+
+
+def _check_steps(
+    row: sql_runs.RunRow, registrations: Sequence[workflow_pb2.WaitpointRegistration]
+) -> None:
+    """Refuse a wait on a remote step the ledger has not seen scheduled (before any change)."""
+    for i, reg in enumerate(registrations):
+        if reg.kind != pb.WAITPOINT_KIND_STEP or reg.name in row.journal.step_results:
+            continue
+        scheduled = row.journal.pending_steps.get(reg.name)
+        if scheduled is None or not scheduled.worker_kind:
+            raise TaskRefusedError(
+                wpb.TASK_REJECT_REASON_INVALID,
+                f"waitpoints[{i}].name: step {reg.name!r} was not scheduled (step_scheduled "
+                "with a worker_kind) before the body waited on it",
+            )
+
+
+def _schedule_steps(
+    batch: ops.Batch,
+    row: sql_runs.RunRow,
+    registrations: Sequence[workflow_pb2.WaitpointRegistration],
+    now: int,
+) -> None:
+    """Give each step the body waits on (and that is not finished) a step task, once."""
+    open_steps = {
+        t.step_id
+        for t in batch.tasks_of(row.run_id)
+        if t.kind == sql_tasks.STEP_TASK and t.status != sql_tasks.DONE
+    }
+    for reg in registrations:
+        if reg.kind != pb.WAITPOINT_KIND_STEP:
+            continue
+        step_id = reg.name
+        if step_id in open_steps or step_id in row.journal.step_results:
+            continue
+        scheduled = row.journal.pending_steps[step_id]  # checked by _check_steps
+        request = step_pb2.StepRequest(
+            run_id=row.run_id,
+            step_id=step_id,
+            step_name=scheduled.name,
+            step_kind="remote",
+            worker_kind=scheduled.worker_kind,
+        )
+        if reg.HasField("payload"):
+            request.input.CopyFrom(reg.payload)
+        if reg.HasField("timeout"):
+            request.timeout.CopyFrom(reg.timeout)
+        set_nanos(request.create_time, now)
+        batch.save_task(
+            sql_tasks.new_step_task(
+                row.run_id, step_id, scheduled.worker_kind, request.SerializeToString(), now
+            )
+        )
+        open_steps.add(step_id)
+
+
+async def complete_step(
+    batch: ops.Batch,
+    result: step_pb2.StepResult,
+    *,
+    now: int,
+    retention: LogRetention,
+) -> ops.Outcome:
+    """Append a step task's result, resolve the body's wait on it, and wake the run.
+
+    ``Outcome.value`` is the run's last seq. A resend of a result already taken under
+    the same epoch is answered as a duplicate. A result for a run that ended
+    meanwhile finishes the task and appends nothing.
+
+    Raises:
+        TaskRefusedError: The lease is not this epoch's, or the result is malformed.
+    """
+    task = batch.tasks.get(result.task_id)
+    row = batch.rows.get(task.run_id) if task is not None else None
+    if (
+        task is not None
+        and row is not None
+        and task.status == sql_tasks.DONE
+        and task.lease_epoch == result.lease_epoch
+    ):
+        return ops.Outcome(duplicate=True, value=row.last_seq)
+    task = _leased(batch, result.task_id, result.lease_epoch)
+    if task.kind != sql_tasks.STEP_TASK:
+        raise TaskRefusedError(
+            wpb.TASK_REJECT_REASON_INVALID,
+            f"task_id: {task.task_id!r} is a workflow task; send a workflow_result",
+        )
+    if result.step_id and result.step_id != task.step_id:
+        raise TaskRefusedError(
+            wpb.TASK_REJECT_REASON_INVALID,
+            f"step_id: {result.step_id!r} is not the task's step {task.step_id!r}",
+        )
+    if result.outcome not in (step_pb2.STEP_OUTCOME_COMPLETED, step_pb2.STEP_OUTCOME_FAILED):
+        raise TaskRefusedError(
+            wpb.TASK_REJECT_REASON_INVALID,
+            f"outcome: {result.outcome} is not supported for a remote step (COMPLETED or FAILED)",
+        )
+    row = batch.rows[task.run_id]
+    assert task.step_id is not None
+    if is_terminal(row.snapshot.status):
+        _finish(batch, task)
+        return ops.Outcome(value=row.last_seq)
+    attempt = result.attempt or task.invocation
+    end = ops._new_event(task.run_id, pb.EVENT_SOURCE_WORKER, now)
+    resolved = ops._new_event(task.run_id, pb.EVENT_SOURCE_COORDINATOR, now)
+    r = resolved.waitpoint_resolved
+    r.waitpoint_id = f"step:{task.step_id}"
+    r.kind = pb.WAITPOINT_KIND_STEP
+    r.source = pb.WAITPOINT_RESOLUTION_SOURCE_LIVE
+    if result.outcome == step_pb2.STEP_OUTCOME_COMPLETED:
+        end.step_completed.step_id = task.step_id
+        end.step_completed.attempt = attempt
+        end.step_completed.kind = "remote"
+        if result.HasField("output"):
+            end.step_completed.output.CopyFrom(result.output)
+            r.payload.CopyFrom(result.output)
+    else:
+        end.step_failed.step_id = task.step_id
+        end.step_failed.attempt = attempt
+        end.step_failed.kind = "remote"
+        error = result.error if result.HasField("error") else common_pb2.ErrorInfo()
+        if not error.type:
+            error.type = "StepFailed"
+        end.step_failed.error.CopyFrom(error)
+        r.error.CopyFrom(error)
+    events = [end]
+    if any(w.waitpoint_id == r.waitpoint_id for w in row.snapshot.open_waitpoints):
+        events.append(resolved)
+    outcome = await ops.append_events(batch, events, request_id="", retention=retention)
+    _finish(batch, task)
+    row = batch.rows[task.run_id]
+    ops.ensure_task(batch, row, now)
     outcome.value = row.last_seq
     return outcome
 

@@ -35,10 +35,15 @@ from ledgerflow.ledger._time import set_nanos, to_nanos
 from ledgerflow.v1 import common_pb2, workflow_pb2
 from ledgerflow.v1 import ledger_pb2 as pb
 
-# What this coordinator resolves. Steps on other workers and child runs come later;
-# a body cannot register them yet, so a result that does is malformed.
+# What this coordinator resolves. Child runs come later; a body cannot register
+# one yet, so a result that does is malformed.
 SUPPORTED_KINDS = frozenset(
-    {pb.WAITPOINT_KIND_TIMER, pb.WAITPOINT_KIND_SIGNAL, pb.WAITPOINT_KIND_HUMAN}
+    {
+        pb.WAITPOINT_KIND_TIMER,
+        pb.WAITPOINT_KIND_SIGNAL,
+        pb.WAITPOINT_KIND_HUMAN,
+        pb.WAITPOINT_KIND_STEP,
+    }
 )
 # Waits a signal of the waitpoint's name resolves.
 SIGNALLED = (pb.WAITPOINT_KIND_SIGNAL, pb.WAITPOINT_KIND_HUMAN)
@@ -69,10 +74,12 @@ def registered_events(
         e.waitpoint_id = reg.waitpoint_id
         e.kind = reg.kind
         e.name = reg.name
-        if reg.HasField("timeout"):
+        # A remote step's timeout bounds one attempt on its worker (it travels in the
+        # StepRequest), not the wait; and its input is not the ledger's to repeat here.
+        if reg.HasField("timeout") and reg.kind != pb.WAITPOINT_KIND_STEP:
             timeout = reg.timeout.seconds * 1_000_000_000 + reg.timeout.nanos
             set_nanos(e.deadline_time, now + timeout)
-        if reg.HasField("payload"):
+        if reg.HasField("payload") and reg.kind != pb.WAITPOINT_KIND_STEP:
             e.payload.CopyFrom(reg.payload)
         out.append(event)
     return out

@@ -17,7 +17,7 @@ import enum
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from ledgerflow.v1 import ledger_pb2, workflow_pb2
+from ledgerflow.v1 import ledger_pb2, step_pb2, workflow_pb2
 from ledgerflow.v1 import worker_service_pb2 as ws
 from ledgerflow.workflow import WorkflowExecution
 
@@ -77,7 +77,9 @@ class _PendingBatch:
 class TaskState:
     """A task this worker holds, and what it owes the coordinator for it."""
 
-    def __init__(self, task: workflow_pb2.WorkflowTask, phase: Phase) -> None:
+    def __init__(
+        self, task: workflow_pb2.WorkflowTask | step_pb2.StepRequest, phase: Phase
+    ) -> None:
         """Hold ``task``.
 
         Args:
@@ -94,6 +96,8 @@ class TaskState:
         self.result_acked: asyncio.Future[None] | None = None
         self.release: ws.ConnectRequest | None = None
         self.stopped: BaseException | None = None
+        # Step tasks: set when the run is cancelled (the handler is stopped).
+        self.cancelled = asyncio.Event()
 
     @property
     def task_id(self) -> str:
@@ -138,10 +142,15 @@ class TaskState:
         if pending is not None and not pending.acked.done():
             pending.acked.set_result(None)
 
-    def report(self, result: workflow_pb2.WorkflowTaskResult) -> asyncio.Future[None]:
+    def report(
+        self, result: workflow_pb2.WorkflowTaskResult | step_pb2.StepResult
+    ) -> asyncio.Future[None]:
         """Keep the result until acknowledged; return the future its ack resolves."""
         self.phase = Phase.REPORTING
-        self.result = ws.ConnectRequest(workflow_result=result)
+        if isinstance(result, step_pb2.StepResult):
+            self.result = ws.ConnectRequest(step_result=result)
+        else:
+            self.result = ws.ConnectRequest(workflow_result=result)
         self.result_acked = asyncio.get_running_loop().create_future()
         return self.result_acked
 

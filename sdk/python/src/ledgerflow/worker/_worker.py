@@ -42,7 +42,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -58,9 +58,11 @@ from ledgerflow.errors import (
     WorkflowNotFoundError,
     WorkflowUsageError,
 )
+from ledgerflow.ledger import check_id
+from ledgerflow.v1 import step_pb2, worker_service_pb2_grpc, workflow_pb2
 from ledgerflow.v1 import worker_service_pb2 as ws
-from ledgerflow.v1 import worker_service_pb2_grpc, workflow_pb2
 from ledgerflow.worker._backoff import Backoff
+from ledgerflow.worker._step import StepHandler, run_step
 from ledgerflow.worker._task import Phase, StreamSink, TaskRefusedError, TaskState
 from ledgerflow.workflow import Registry, WorkflowDefinition, WorkflowExecution
 
@@ -203,6 +205,7 @@ class Worker:
         reconnect_initial_delay: float = 0.1,
         reconnect_max_delay: float = 5.0,
         event_linger: float = DEFAULT_EVENT_LINGER,
+        steps: Mapping[str, StepHandler] | None = None,
     ) -> None:
         """Configure a worker; nothing connects before :meth:`run`.
 
@@ -220,6 +223,9 @@ class Worker:
                 ``step_started``, log lines, progress) may wait for one somebody waits
                 for (the step's result) before it is sent alone; see
                 :data:`DEFAULT_EVENT_LINGER`. 0 sends every batch at once.
+            steps: Step handlers by worker kind: ``handler(input, ctx)`` runs each step
+                a workflow body sends with ``ctx.step(name, input, worker_kind=KIND)``
+                (sync handlers in a thread); see ``ledgerflow.worker.StepContext``.
 
         Raises:
             InvalidArgumentError: No workflow to serve, or a number out of range.
@@ -231,8 +237,13 @@ class Worker:
             registry = Registry([workflows])
         else:
             registry = Registry(workflows)
-        if not len(registry):
-            raise InvalidArgumentError("workflows", "a worker needs at least one workflow")
+        step_handlers = dict(steps or {})
+        if not len(registry) and not step_handlers:
+            raise InvalidArgumentError(
+                "workflows", "a worker needs at least one workflow (or step handler)"
+            )
+        for kind in step_handlers:
+            check_id(kind, "steps")
         if max_concurrent_tasks < 1:
             raise InvalidArgumentError("max_concurrent_tasks", "must be at least 1")
         if drain_timeout < 0:
@@ -254,6 +265,7 @@ class Worker:
         self._options = [*_CHANNEL_OPTIONS, *options]
         self._backoff = Backoff(reconnect_initial_delay, reconnect_max_delay)
         self._event_linger = event_linger
+        self.steps = step_handlers
 
         self._tasks: dict[str, TaskState] = {}
         self._session: _Session | None = None
@@ -475,6 +487,7 @@ class Worker:
             workflows=[
                 ws.WorkflowRegistration(name=d.name, version=d.version) for d in self.registry
             ],
+            step_kinds=sorted(self.steps),
             max_concurrent_tasks=self.max_concurrent_tasks,
             held_tasks=[
                 ws.HeldTask(task_id=s.task_id, lease_epoch=s.epoch) for s in self._tasks.values()
@@ -616,16 +629,7 @@ class Worker:
         elif kind == "drain":
             self._on_drain(session, message.drain)
         elif kind == "step_task":
-            step = message.step_task
-            session.send(
-                ws.ConnectRequest(
-                    release=ws.TaskRelease(
-                        task_id=step.task_id,
-                        lease_epoch=step.lease_epoch,
-                        reason="this worker runs no step tasks",
-                    )
-                )
-            )
+            self._accept_step(session, message.step_task)
         else:
             _log.debug("ignored a %s message from the coordinator", kind)
 
@@ -687,6 +691,56 @@ class Worker:
         )
         self._changes.notify()
 
+    def _accept_step(self, session: _Session, request: step_pb2.StepRequest) -> None:
+        existing = self._tasks.get(request.task_id)
+        if existing is not None:
+            if request.lease_epoch <= existing.epoch:
+                return  # dispatched twice: the first one runs
+            self._drop(existing, _TaskStoppedError("superseded by a newer epoch"))
+        state = TaskState(request, Phase.RUNNING)
+        self._tasks[request.task_id] = state
+        handler = self.steps.get(request.worker_kind)
+        busy = sum(1 for s in self._tasks.values() if s.active and s is not state)
+        reason = ""
+        if self._drain is not None or session.drain is not None:
+            reason = "draining"
+        elif busy >= self.max_concurrent_tasks:
+            reason = f"the worker already runs {busy} tasks (max_concurrent_tasks)"
+        elif handler is None:
+            reason = f"this worker runs no step of kind {request.worker_kind!r}"
+        if handler is None or reason:
+            self._release(state, reason)
+            return
+        state.runner = asyncio.get_running_loop().create_task(
+            self._run_step_task(state, request, handler),
+            name=f"ledgerflow step task {request.task_id}",
+        )
+        self._changes.notify()
+
+    async def _run_step_task(
+        self, state: TaskState, request: step_pb2.StepRequest, handler: StepHandler
+    ) -> None:
+        try:
+            result = await run_step(
+                request, handler, StreamSink(state, self._send), state.cancelled
+            )
+        except (TaskRefusedError, _TaskStoppedError):
+            return
+        except Exception as err:
+            _log.exception("step %s of run %s: the task failed", request.step_id, request.run_id)
+            self._release(state, f"{type(err).__name__}: {err}", failed=True)
+            return
+        if self._tasks.get(state.task_id) is not state or state.phase is not Phase.RUNNING:
+            return
+        acked = state.report(result)
+        assert state.result is not None
+        self._send(state.result)
+        try:
+            await acked
+        except (TaskRefusedError, _TaskStoppedError):
+            return
+        self._forget(state)
+
     def _on_rejected(self, rejected: ws.TaskRejected) -> None:
         state = self._held(rejected.task_id, rejected.lease_epoch)
         if state is None:
@@ -720,6 +774,8 @@ class Worker:
     def _cancel(self, state: TaskState, reason: str) -> None:
         if state.execution is not None and state.phase is Phase.RUNNING:
             state.execution.cancel(reason)
+        elif state.phase is Phase.RUNNING:
+            state.cancelled.set()  # a step task: its handler is stopped
 
     # -- tasks ------------------------------------------------------------------------------
 
@@ -733,6 +789,7 @@ class Worker:
         execution = state.execution
         assert execution is not None
         task = state.task
+        assert isinstance(task, workflow_pb2.WorkflowTask)
         try:
             result = await execution.run()
         except (TaskRefusedError, _TaskStoppedError):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, TypeVarTuple,
 
 from google.protobuf import json_format
 
+from ledgerflow.errors import InvalidArgumentError
 from ledgerflow.v1 import ledger_pb2 as pb
 from ledgerflow.workflow._command import (
     DEFAULT_LOG_TAIL_LINES,
@@ -275,17 +276,39 @@ class WorkflowContext:
         retry: RetryPolicy | None = None,
         timeout: float | timedelta | None = None,
     ) -> Awaitable[T]: ...
+    @overload
     def step(
         self,
         name: str,
-        fn: Callable[[*Ts], Any],
+        step_input: Any = None,
         /,
-        *args: *Ts,
+        *,
+        worker_kind: str,
+        compensate: Callable[[Any], object] | None = None,
+        timeout: float | timedelta | None = None,
+        result_type: Any = None,
+    ) -> Awaitable[Any]: ...
+    # mypy cannot match a TypeVarTuple ``*args`` of the overloads against ``*args: Any``.
+    def step(  # type: ignore[misc]
+        self,
+        name: str,
+        fn: Any = None,
+        /,
+        *args: Any,
         compensate: Callable[[Any], object] | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | timedelta | None = None,
+        worker_kind: str | None = None,
+        result_type: Any = None,
     ) -> Awaitable[Any]:
         """Run ``fn(*args)`` as a durable step, or return its journaled result on replay.
+
+        With ``worker_kind``, the step runs on a worker that registered that kind
+        (any language; ``docs/worker-protocol.md``, Step tasks): the second argument
+        is the step's input (JSON by default), the run waits without holding this
+        worker, and the step's logs, progress and checkpoints land in the run. Its
+        output (typed by ``result_type``) or error resumes the body; a worker that
+        dies mid-step has the step dispatched again once its lease expires.
 
         The step's position is claimed when ``ctx.step`` is *called* (not when it
         is awaited), so ``asyncio.gather(ctx.step(...), ctx.step(...))`` numbers
@@ -306,6 +329,10 @@ class WorkflowContext:
             retry: The retry policy; one attempt when None.
             timeout: Limit of one attempt, in seconds; a timeout is a failure of
                 type ``TimeoutError`` (code ``STEP_TIMEOUT``), retried per policy.
+            worker_kind: Run the step on a worker of this kind instead (``fn`` is then
+                the step's input).
+            result_type: With ``worker_kind``: decode the output as this type (None
+                returns the JSON value).
 
         Returns:
             An awaitable of the step's output.
@@ -315,11 +342,21 @@ class WorkflowContext:
             NonDeterminismError: The ledger recorded a different step at this position.
             CancelledSignal: (when awaited) The run is being cancelled.
             WorkflowUsageError: Called inside a step function or off the event loop.
-            InvalidArgumentError: The name is empty, contains ``#`` or is too long.
+            InvalidArgumentError: The name is empty, contains ``#`` or is too long;
+                or, with ``worker_kind``, extra arguments or a retry policy were given.
         """
-        return self._ex._step(
-            name, fn, args, compensate, retry, _seconds(timeout) if timeout is not None else None
-        )
+        seconds = _seconds(timeout) if timeout is not None else None
+        if worker_kind is not None:
+            if args:
+                raise InvalidArgumentError(
+                    "args", "a step on another worker takes one input value, not arguments"
+                )
+            if retry is not None:
+                raise InvalidArgumentError(
+                    "retry", "not supported yet for a step on another worker"
+                )
+            return self._ex._remote_step(name, fn, worker_kind, compensate, seconds, result_type)
+        return self._ex._step(name, fn, args, compensate, retry, seconds)
 
     def run_command(
         self,

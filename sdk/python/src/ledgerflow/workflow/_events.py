@@ -46,6 +46,28 @@ def step_started(
     return out
 
 
+def step_scheduled(
+    run_id: str,
+    time_ns: int,
+    *,
+    step_id: str,
+    name: str,
+    ordinal: int,
+    worker_kind: str,
+    step_input: common_pb2.Payload,
+) -> pb.LedgerEvent:
+    """Return a ``step_scheduled`` event: a step handed to a worker of ``worker_kind``."""
+    out = event(run_id, time_ns)
+    e = out.step_scheduled
+    e.step_id = step_id
+    e.name = name
+    e.ordinal = ordinal
+    e.attempt = 1
+    e.worker_kind = worker_kind
+    e.input.CopyFrom(step_input)
+    return out
+
+
 def step_completed(
     run_id: str,
     time_ns: int,

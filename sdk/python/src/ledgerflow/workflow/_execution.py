@@ -523,6 +523,63 @@ class WorkflowExecution:
         claim = self._claim(name)
         return self._run_step(claim, fn, args, compensate, retry or NO_RETRY, timeout, kind)
 
+    def _remote_step(
+        self,
+        name: str,
+        step_input: Any,
+        worker_kind: str,
+        compensate: Callable[[Any], object] | None,
+        timeout: float | None,
+        hint: Any,
+    ) -> Coroutine[Any, Any, Any]:
+        self._check_body_call("ctx.step()")
+        self._raise_if_stopped()
+        check_id(worker_kind, "worker_kind")
+        payload = encode(step_input)
+        claim = self._claim(name)
+        return self._run_remote(claim, payload, worker_kind, compensate, timeout, hint)
+
+    async def _run_remote(
+        self,
+        claim: _Claim,
+        payload: common_pb2.Payload,
+        worker_kind: str,
+        compensate: Callable[[Any], object] | None,
+        seconds: float | None,
+        hint: Any,
+    ) -> Any:
+        """A step on another worker: replay its result, or schedule it and wait (no slot)."""
+        if claim.result is not None:
+            self._raise_if_aborted()
+            return self._replay(claim, claim.result, hint, compensate)
+        self._raise_if_stopped()
+        if self._cancel_requested:
+            self._held.events[:0] = claim.prefix.events
+            self._held.mutations[:0] = claim.prefix.mutations
+            raise self._deliver(CancelledSignal(self._cancel_reason))
+        if claim.pending is None:
+            scheduled = _events.step_scheduled(
+                self.run_id,
+                self._clock(),
+                step_id=claim.step_id,
+                name=claim.name,
+                ordinal=claim.ordinal,
+                worker_kind=worker_kind,
+                step_input=payload,
+            )
+            prefix = claim.prefix
+            self._outbox.post([*self._held_events(prefix), scheduled] if prefix else [scheduled])
+        registration = workflow_pb2.WaitpointRegistration(
+            waitpoint_id=f"step:{claim.step_id}",
+            kind=pb.WAITPOINT_KIND_STEP,
+            name=claim.step_id,
+            payload=payload,
+        )
+        if seconds is not None:
+            set_duration_nanos(registration.timeout, int(seconds * 1e9))
+        self._waitpoints.append(registration)
+        raise self._deliver(WaitpointPendingSignal(registration.waitpoint_id))
+
     def _run_command(
         self,
         name: str,
