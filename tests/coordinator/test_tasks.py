@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Value
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledgerflow.coordinator.store import StartRunSpec, Store
-from ledgerflow.coordinator.store._tasks import TaskRefusedError, release_delay
+from ledgerflow.coordinator.store._tasks import TIMEOUT_REASON, TaskRefusedError, release_delay
 from ledgerflow.ledger import json_payload, payload_value
 from ledgerflow.v1 import ledger_pb2 as pb
 from ledgerflow.v1 import worker_service_pb2 as wpb
@@ -445,3 +446,33 @@ async def test_a_malformed_registration_is_refused_and_changes_nothing(store: St
             await store.complete_task("a", waiting_result(task.task_id, bad))
         assert refused.value.reason == wpb.TASK_REJECT_REASON_INVALID
     assert (await store.get_run("a")).last_seq == before.last_seq
+
+
+async def test_a_run_past_its_deadline_is_stopped_and_recorded_timed_out(store: Store) -> None:
+    await store.start_run(
+        StartRunSpec(workflow_name="wf", run_id="a", execution_timeout=Duration(nanos=1))
+    )
+    task = await claim_one(store)
+    dispatched = await store.dispatch(task, RUNTIME)
+    assert dispatched is not None
+    assert dispatched.task is not None
+    # Dispatched to be stopped: the body compensates as on a cancellation.
+    assert dispatched.task.cancel_requested
+    assert dispatched.task.cancel_reason == TIMEOUT_REASON
+    (lease,) = await store.heartbeat(
+        [("a", task.task_id, 1)], lease_nanos=60 * SECOND, session_id="s1", worker_id="w1"
+    )
+    assert (lease.cancel_requested, lease.cancel_reason) == (True, TIMEOUT_REASON)
+    await store.complete_task(
+        "a",
+        workflow_pb2.WorkflowTaskResult(
+            task_id=task.task_id,
+            lease_epoch=1,
+            run_id="a",
+            outcome=workflow_pb2.WORKFLOW_OUTCOME_CANCELLED,
+        ),
+    )
+    snap = await store.get_run("a")
+    assert snap.status == pb.RUN_STATUS_TIMED_OUT
+    events = await assert_consistent(store, "a")
+    assert events[-1].run_timed_out.error.message == TIMEOUT_REASON

@@ -151,3 +151,11 @@ async def remote(ctx: workflow.Context, text: str) -> dict[str, object]:
     except workflow.StepFailedError as err:
         failure = err.error.message
     return {"loud": loud, "failure": failure, "waited_at": ctx.now().isoformat()}
+
+
+@workflow.defn(name="overdue")
+async def overdue(ctx: workflow.Context, directory: str) -> str:
+    """A compensated step, then a sleep longer than any execution timeout a test gives."""
+    await ctx.step("book", mark, directory, "book", compensate=lambda _: mark(directory, "unbook"))
+    await ctx.sleep(3600)
+    return "never"

@@ -10,12 +10,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from ledgerflow.client import Client
-from ledgerflow.errors import FailedPreconditionError, RunCancelledError
+from ledgerflow.errors import FailedPreconditionError, RunCancelledError, RunTimedOutError
 from ledgerflow.ledger import payload_value
 from ledgerflow.ledger._time import to_nanos
 from ledgerflow.v1 import ledger_pb2 as pb
@@ -281,3 +282,29 @@ async def test_a_step_runs_on_a_worker_of_its_kind_with_its_logs_in_the_run(
     # The body waited twice without a slot: scheduled, waiting, started, result, resolved.
     assert kinds.count("run_waiting") == 2
     assert kinds.count("step_scheduled") == 2
+
+
+async def test_a_run_past_its_execution_timeout_compensates_and_ends_timed_out(
+    cluster: tuple[str, int], app_dir: Path
+) -> None:
+    _, port = cluster
+    address = f"127.0.0.1:{port}"
+    marks = app_dir / "marks"
+    with worker(app_dir, address):
+        client = await Client.connect(address)
+        try:
+            handle = await client.start(
+                "overdue", str(marks), run_id="late", execution_timeout=timedelta(seconds=1)
+            )
+            with pytest.raises(RunTimedOutError):
+                await handle.result(timeout=60)
+            snap = await client.get_run("late")
+            events = [e async for e in client.iter_events("late")]
+        finally:
+            await client.close()
+    assert snap.status == pb.RUN_STATUS_TIMED_OUT
+    assert not snap.open_waitpoints
+    (ended,) = [e.run_timed_out for e in events if e.HasField("run_timed_out")]
+    assert ended.compensation == pb.COMPENSATION_OUTCOME_COMPENSATED
+    assert runs_of(marks, "book") == 1
+    assert runs_of(marks, "unbook") == 1

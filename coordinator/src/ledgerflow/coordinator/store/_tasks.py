@@ -25,7 +25,7 @@ from ledgerflow.coordinator.store import _sql_tasks as sql_tasks
 from ledgerflow.coordinator.store import _waitpoints as wps
 from ledgerflow.errors import FailedPreconditionError, LedgerflowError
 from ledgerflow.ledger import LogRetention, is_terminal
-from ledgerflow.ledger._time import set_nanos
+from ledgerflow.ledger._time import set_nanos, to_nanos
 from ledgerflow.v1 import common_pb2, step_pb2, workflow_pb2
 from ledgerflow.v1 import ledger_pb2 as pb
 from ledgerflow.v1 import worker_service_pb2 as wpb
@@ -140,6 +140,11 @@ async def dispatch(
         cancel_requested=snap.cancel_requested,
         cancel_reason=snap.cancel_reason,
     )
+    if not snap.cancel_requested and past_deadline(snap, now):
+        # The body is stopped as on a cancellation (compensations run); its result
+        # is recorded as run_timed_out (see complete).
+        out.cancel_requested = True
+        out.cancel_reason = TIMEOUT_REASON
     if created and created[0].run_created.HasField("input"):
         out.input.CopyFrom(created[0].run_created.input)
     out.tags.extend(snap.tags)
@@ -184,6 +189,15 @@ def _dispatch_step(
     outcome = ops._append_one(batch, row, started, retention)
     outcome.value = Dispatched(step=request)
     return outcome
+
+
+TIMEOUT_REASON = "the run passed its execution timeout"
+"""The cancel reason a worker gets for a run past its deadline."""
+
+
+def past_deadline(snap: pb.RunSnapshot, now: int) -> bool:
+    """Whether the run has an execution timeout and ``now`` is past it."""
+    return snap.HasField("deadline_time") and to_nanos(snap.deadline_time) <= now
 
 
 def check_worker_events(events: Sequence[pb.LedgerEvent], run_id: str) -> None:
@@ -339,6 +353,14 @@ def check_registrations(registrations: Sequence[workflow_pb2.WaitpointRegistrati
             )
 
 
+def _timed_out(result: workflow_pb2.WorkflowTaskResult, run_id: str, now: int) -> pb.LedgerEvent:
+    end = ops._new_event(run_id, pb.EVENT_SOURCE_COORDINATOR, now)
+    end.run_timed_out.error.type = "TimeoutError"
+    end.run_timed_out.error.message = TIMEOUT_REASON
+    end.run_timed_out.compensation = _compensation_outcome(result.compensations)
+    return end
+
+
 def _compensation_outcome(
     reports: Sequence[workflow_pb2.CompensationReport],
 ) -> pb.CompensationOutcome.ValueType:
@@ -385,6 +407,12 @@ async def complete(
         check_registrations(result.waitpoints)
         _check_steps(row, result.waitpoints)
     events = _terminal_events(result, task.run_id, now)
+    if (
+        result.outcome == workflow_pb2.WORKFLOW_OUTCOME_CANCELLED
+        and not row.snapshot.cancel_requested
+        and past_deadline(row.snapshot, now)
+    ):
+        events[-1] = _timed_out(result, task.run_id, now)
     # A wait the ledger already resolved (while this invocation ran) wakes the run at once.
     wake = False
     if waiting:
@@ -608,5 +636,7 @@ async def heartbeat(
         row = batch.rows.get(task.run_id)
         cancel = row is not None and row.snapshot.cancel_requested
         reason = row.snapshot.cancel_reason if row is not None else ""
+        if row is not None and not cancel and past_deadline(row.snapshot, now):
+            cancel, reason = True, TIMEOUT_REASON
         states.append(LeaseState(task_id, epoch, True, now + lease_nanos, cancel, reason))
     return ops.Outcome(value=states)

@@ -187,9 +187,9 @@ def schedule(batch: ops.Batch, row: sql_runs.RunRow, *, now: int, wake: bool) ->
     """Leave the waiting run one pending workflow task, due when it has something to do.
 
     Due ``now`` when ``wake`` (something it waits on was resolved) or a cancellation
-    was requested, else at its earliest open deadline; with neither, no task: a
-    signal will schedule one. A run whose task is leased is left alone: that
-    invocation's result schedules what follows.
+    was requested, else at its earliest open deadline or its execution deadline;
+    with neither, no task: a signal will schedule one. A run whose task is leased
+    is left alone: that invocation's result schedules what follows.
     """
     if is_terminal(row.snapshot.status):
         return
@@ -200,6 +200,9 @@ def schedule(batch: ops.Batch, row: sql_runs.RunRow, *, now: int, wake: bool) ->
             for w in row.snapshot.open_waitpoints
             if w.HasField("deadline_time")
         ]
+        # A run with an execution timeout is dispatched at its deadline to be stopped.
+        if row.snapshot.HasField("deadline_time"):
+            deadlines.append(to_nanos(row.snapshot.deadline_time))
         due = min(deadlines) if deadlines else None
     if due is None:
         return
