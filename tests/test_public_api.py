@@ -9,6 +9,7 @@ import pytest
 PUBLIC = {
     "ledgerflow.errors": [
         "STATUS_CODE_NAMES",
+        "ChildRunFailedError",
         "CoordinatorUnavailableError",
         "FailedPreconditionError",
         "InvalidArgumentError",
@@ -78,6 +79,8 @@ PUBLIC = {
         "WORKFLOW_LOG_CHANNEL",
         "BatchingSink",
         "CancelledSignal",
+        "ChildHandle",
+        "ChildRunFailedError",
         "CommandArtifact",
         "CommandFailedError",
         "CommandMetrics",

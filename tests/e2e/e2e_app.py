@@ -159,3 +159,24 @@ async def overdue(ctx: workflow.Context, directory: str) -> str:
     await ctx.step("book", mark, directory, "book", compensate=lambda _: mark(directory, "unbook"))
     await ctx.sleep(3600)
     return "never"
+
+
+@workflow.defn(name="parent")
+async def parent(ctx: workflow.Context, directory: str) -> dict[str, object]:
+    """A child that completes and one that fails; both awaited."""
+    adder = await ctx.start_child("sum", 4)
+    total = await adder.result()
+    failing = await ctx.start_child(saga, directory)
+    try:
+        await failing.result()
+    except workflow.ChildRunFailedError as err:
+        failure = [err.status, err.error.message]
+    return {"total": total, "failure": failure, "children": [adder.run_id, failing.run_id]}
+
+
+@workflow.defn(name="grandparent")
+async def grandparent(ctx: workflow.Context, directory: str) -> str:
+    """A compensated step, then a wait on a child that sleeps for an hour."""
+    await ctx.step("hold", mark, directory, "hold", compensate=lambda _: mark(directory, "release"))
+    child = await ctx.start_child(overdue, directory, run_id="sleepy-child")
+    return str(await child.result())

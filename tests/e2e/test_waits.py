@@ -42,6 +42,16 @@ async def waiting_on(client: Client, run_id: str) -> pb.RunSnapshot:
     raise AssertionError(f"run {run_id} ended without waiting")
 
 
+async def waiting_for(client: Client, run_id: str, waitpoint_id: str) -> pb.RunSnapshot:
+    """Wait (on the snapshot stream) until the run waits on ``waitpoint_id``."""
+    async for snap in client.watch_run(run_id):
+        if snap.status == pb.RUN_STATUS_WAITING and any(
+            w.waitpoint_id == waitpoint_id for w in snap.open_waitpoints
+        ):
+            return snap
+    raise AssertionError(f"run {run_id} ended without waiting on {waitpoint_id}")
+
+
 async def resolutions(client: Client, run_id: str) -> list[pb.WaitpointResolved]:
     return [
         e.waitpoint_resolved
@@ -308,3 +318,48 @@ async def test_a_run_past_its_execution_timeout_compensates_and_ends_timed_out(
     assert ended.compensation == pb.COMPENSATION_OUTCOME_COMPENSATED
     assert runs_of(marks, "book") == 1
     assert runs_of(marks, "unbook") == 1
+
+
+async def test_child_runs_return_their_result_or_fail_in_the_parent(
+    cluster: tuple[str, int], app_dir: Path
+) -> None:
+    _, port = cluster
+    address = f"127.0.0.1:{port}"
+    marks = app_dir / "marks"
+    with worker(app_dir, address, "--max-concurrent-tasks", "1"):
+        client = await Client.connect(address)
+        try:
+            result = await (await client.start("parent", str(marks), run_id="p")).result(timeout=60)
+            children = [await client.get_run(c) for c in result["children"]]
+        finally:
+            await client.close()
+    assert result["total"] == 6
+    assert result["failure"] == ["FAILED", "step 'ship' failed: RuntimeError: ship failed"]
+    assert [c.parent_run_id for c in children] == ["p", "p"]
+    assert [c.run_id for c in children] == ["p.child-1", "p.child-2"]
+    assert [c.status for c in children] == [pb.RUN_STATUS_COMPLETED, pb.RUN_STATUS_FAILED]
+    # The failed child compensated its own steps, once.
+    assert runs_of(marks, "unbook") == 1
+
+
+async def test_cancelling_a_waiting_parent_cancels_its_child_and_both_compensate(
+    cluster: tuple[str, int], app_dir: Path
+) -> None:
+    _, port = cluster
+    address = f"127.0.0.1:{port}"
+    marks = app_dir / "marks"
+    with worker(app_dir, address):
+        client = await Client.connect(address)
+        try:
+            await client.start("grandparent", str(marks), run_id="gp")
+            await waiting_for(client, "gp", "child:sleepy-child")
+            await waiting_for(client, "sleepy-child", "sleep#1")
+            await client.cancel_run("gp", reason="changed my mind")
+            with pytest.raises(RunCancelledError):
+                await client.get_handle("gp").result(timeout=60)
+            with pytest.raises(RunCancelledError):
+                await client.get_handle("sleepy-child").result(timeout=60)
+        finally:
+            await client.close()
+    assert runs_of(marks, "release") == 1  # the parent's compensation
+    assert runs_of(marks, "unbook") == 1  # the child's

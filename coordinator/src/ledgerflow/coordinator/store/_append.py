@@ -411,6 +411,7 @@ class StartRunSpec:
     idempotency_key: str = ""
     tags: tuple[str, ...] = ()
     execution_timeout: Duration | None = None
+    parent_run_id: str = ""
 
 
 def new_run_id() -> str:
@@ -460,6 +461,7 @@ async def start_run(
         created.input.CopyFrom(spec.input)
     if spec.execution_timeout is not None:
         created.execution_timeout.CopyFrom(spec.execution_timeout)
+    created.parent_run_id = spec.parent_run_id
     row = _new_row(event)
     batch.create(row, now)
     appended = batch.fold(row, [event], retention)

@@ -77,6 +77,13 @@ Index(
 # ListRuns pages newest first by (create_time, run_id).
 Index("ix_runs_create_time_run_id", runs.c.create_time, runs.c.run_id)
 Index("ix_runs_status_create_time", runs.c.status, runs.c.create_time)
+# A parent's children (cancellation cascades to them).
+Index(
+    "ix_runs_parent_run_id",
+    runs.c.parent_run_id,
+    postgresql_where=runs.c.parent_run_id.isnot(None),
+    sqlite_where=runs.c.parent_run_id.isnot(None),
+)
 
 run_steps = Table(
     "run_steps",

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledgerflow.coordinator.store._dialect import Write
 from ledgerflow.coordinator.store._schema import run_steps, runs
 from ledgerflow.ledger import RunLogState
+from ledgerflow.ledger._status import TERMINAL_STATUSES
 from ledgerflow.v1 import journal_pb2, ledger_pb2
 
 
@@ -233,6 +234,22 @@ def save_runs(rows: Sequence[RunRow], loaded_seqs: dict[str, int]) -> Write:
         match=(("run_id", "run_id"), ("last_seq", "expected_last_seq")),
         all_or_nothing=True,
     )
+
+
+async def parent_of(conn: AsyncConnection, run_id: str) -> str | None:
+    """Return a run's parent run id (None for a top-level or unknown run); it never changes."""
+    parent = await conn.scalar(select(runs.c.parent_run_id).where(runs.c.run_id == run_id))
+    return str(parent) if parent else None
+
+
+async def open_children(conn: AsyncConnection, run_id: str) -> list[str]:
+    """Return the ids of a run's children that have not ended."""
+    rows = await conn.execute(
+        select(runs.c.run_id).where(
+            runs.c.parent_run_id == run_id, runs.c.status.not_in(sorted(TERMINAL_STATUSES))
+        )
+    )
+    return list(rows.scalars().all())
 
 
 async def get_snapshot(conn: AsyncConnection, run_id: str) -> ledger_pb2.RunSnapshot | None:

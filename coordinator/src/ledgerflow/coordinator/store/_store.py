@@ -63,7 +63,7 @@ from ledgerflow.coordinator.store import _sql_tasks as sql_tasks
 from ledgerflow.coordinator.store import _tasks as task_ops
 from ledgerflow.coordinator.store._dialect import GUARD_FAILED, write_all
 from ledgerflow.coordinator.store._engine import READ_ONLY
-from ledgerflow.errors import LedgerflowError, RunNotFoundError
+from ledgerflow.errors import FailedPreconditionError, LedgerflowError, RunNotFoundError
 from ledgerflow.ledger import LogRetention
 from ledgerflow.v1 import common_pb2, step_pb2, workflow_pb2
 from ledgerflow.v1 import ledger_pb2 as pb
@@ -234,6 +234,8 @@ class Store:
                 batch, run_id, reason=reason, identity=identity, now=now, retention=self.retention
             ),
         )
+        if not outcome.duplicate:
+            await self._cancel_children(run_id)
         return cast(int, outcome.value), outcome.duplicate
 
     async def signal_run(
@@ -360,12 +362,42 @@ class Store:
     async def complete_task(
         self, run_id: str, result: workflow_pb2.WorkflowTaskResult
     ) -> ops.Outcome:
-        """Append a workflow result's facts and finish its task; see :func:`task_ops.complete`."""
+        """Append a workflow result's facts and finish its task; see :func:`task_ops.complete`.
+
+        The group also locks the run's parent (a child that ends resolves the parent's
+        wait on it) and the children the result names (started, or waited on).
+        """
         now = _now()
-        return await self._submit(
-            ops.Needs(run_ids=(run_id,), tasks=True),
+        related = [r.name for r in result.waitpoints if r.kind == pb.WAITPOINT_KIND_CHILD_RUN]
+        parent = await self._parent_of(run_id)
+        if parent is not None:
+            related.append(parent)
+        outcome = await self._submit(
+            ops.Needs(run_ids=tuple(dict.fromkeys((run_id, *related))), tasks=True),
             lambda batch: task_ops.complete(batch, result, now=now, retention=self.retention),
         )
+        if result.outcome == workflow_pb2.WORKFLOW_OUTCOME_CANCELLED and not outcome.duplicate:
+            # Also done by cancel_run; again here in case a crash came in between.
+            await self._cancel_children(run_id)
+        return outcome
+
+    async def _parent_of(self, run_id: str) -> str | None:
+        # A run's parent never changes, so it may be read outside the group.
+        cached = self._cache.get(run_id)
+        if cached is not None:
+            return cached.snapshot.parent_run_id or None
+        async with self._read() as conn:
+            return await sql_runs.parent_of(conn, run_id)
+
+    async def _cancel_children(self, run_id: str) -> None:
+        """Cancel the run's children that have not ended (each then compensates)."""
+        async with self._read() as conn:
+            children = await sql_runs.open_children(conn, run_id)
+        for child in children:
+            with contextlib.suppress(FailedPreconditionError, RunNotFoundError):
+                await self.cancel_run(
+                    child, reason=f"its parent run {run_id} was cancelled", identity="ledgerflow"
+                )
 
     async def release_task(
         self, run_id: str, task_id: str, epoch: int, *, failed: bool = False

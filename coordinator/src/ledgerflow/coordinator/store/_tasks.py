@@ -18,17 +18,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+
 from ledgerflow.coordinator.store import _append as ops
 from ledgerflow.coordinator.store import _sql_events as sql_events
 from ledgerflow.coordinator.store import _sql_runs as sql_runs
 from ledgerflow.coordinator.store import _sql_tasks as sql_tasks
 from ledgerflow.coordinator.store import _waitpoints as wps
-from ledgerflow.errors import FailedPreconditionError, LedgerflowError
-from ledgerflow.ledger import LogRetention, is_terminal
+from ledgerflow.errors import FailedPreconditionError, InvalidArgumentError, LedgerflowError
+from ledgerflow.ledger import LogRetention, check_id, is_terminal, json_payload
 from ledgerflow.ledger._time import set_nanos, to_nanos
 from ledgerflow.v1 import common_pb2, step_pb2, workflow_pb2
 from ledgerflow.v1 import ledger_pb2 as pb
+from ledgerflow.v1 import run_service_pb2 as rpb
 from ledgerflow.v1 import worker_service_pb2 as wpb
+from ledgerflow.workflow._execution import START_REQUEST_ENCODING
 
 # What a worker may append under a task lease: facts about steps and about what the
 # body emits. A run's lifecycle (run_*) follows from dispatches and results.
@@ -333,7 +337,7 @@ def check_registrations(registrations: Sequence[workflow_pb2.WaitpointRegistrati
             raise TaskRefusedError(
                 wpb.TASK_REJECT_REASON_INVALID,
                 f"{field}.kind: waitpoint kind {reg.kind} is not supported "
-                "(timer, signal, human, step)",
+                "(timer, signal, human, step, child run)",
             )
         if reg.kind == pb.WAITPOINT_KIND_TIMER and not reg.HasField("timeout"):
             raise TaskRefusedError(
@@ -403,9 +407,11 @@ async def complete(
         )
     waiting = result.outcome == workflow_pb2.WORKFLOW_OUTCOME_WAITING
     row = batch.rows[task.run_id]
+    starts: list[tuple[str, rpb.StartRunRequest]] = []
     if waiting:
         check_registrations(result.waitpoints)
         _check_steps(row, result.waitpoints)
+        starts = _check_children(batch, row, result.waitpoints)
     events = _terminal_events(result, task.run_id, now)
     if (
         result.outcome == workflow_pb2.WORKFLOW_OUTCOME_CANCELLED
@@ -425,9 +431,13 @@ async def complete(
     batch.save_task(task)
     row = batch.rows[task.run_id]
     if waiting:
+        wake = await _start_children(batch, row, starts, now=now, retention=retention) or wake
+        wake = _resolve_ended_children(batch, row, now=now, retention=retention) or wake
         wake = wps.resolve(batch, row, now=now, retention=retention) or wake
         wps.schedule(batch, row, now=now, wake=wake)
         _schedule_steps(batch, row, result.waitpoints, now)
+    elif is_terminal(row.snapshot.status):
+        _notify_parent(batch, row, now=now, retention=retention)
     outcome.value = row.last_seq
     return outcome
 
@@ -446,6 +456,153 @@ def _check_steps(
                 f"waitpoints[{i}].name: step {reg.name!r} was not scheduled (step_scheduled "
                 "with a worker_kind) before the body waited on it",
             )
+
+
+CHILD_START = "child-start:"
+"""Waitpoint id prefix of a child's durable start (resolved as soon as it exists)."""
+CHILD_END = "child:"
+"""Waitpoint id prefix of a wait for a child's end."""
+
+
+def _check_children(
+    batch: ops.Batch,
+    row: sql_runs.RunRow,
+    registrations: Sequence[workflow_pb2.WaitpointRegistration],
+) -> list[tuple[str, rpb.StartRunRequest]]:
+    """Refuse malformed child registrations (before any change); return the starts asked."""
+    starts: list[tuple[str, rpb.StartRunRequest]] = []
+    for i, reg in enumerate(registrations):
+        if reg.kind != pb.WAITPOINT_KIND_CHILD_RUN:
+            continue
+        field = f"waitpoints[{i}]"
+        child_id = reg.name
+        if reg.waitpoint_id not in (CHILD_START + child_id, CHILD_END + child_id):
+            raise TaskRefusedError(
+                wpb.TASK_REJECT_REASON_INVALID,
+                f"{field}.waitpoint_id: a child wait is {CHILD_START!r} or {CHILD_END!r} "
+                "followed by the child's run id (the name)",
+            )
+        try:
+            check_id(child_id, f"{field}.name")
+        except InvalidArgumentError as err:
+            raise TaskRefusedError(wpb.TASK_REJECT_REASON_INVALID, str(err)) from err
+        child = batch.rows.get(child_id)
+        if child is not None and child.snapshot.parent_run_id != row.run_id:
+            raise TaskRefusedError(
+                wpb.TASK_REJECT_REASON_INVALID,
+                f"{field}.name: run {child_id!r} exists and is not a child of {row.run_id!r}",
+            )
+        if not reg.waitpoint_id.startswith(CHILD_START):
+            continue
+        if reg.payload.encoding != START_REQUEST_ENCODING:
+            raise TaskRefusedError(
+                wpb.TASK_REJECT_REASON_INVALID,
+                f"{field}.payload: a child start carries a StartRunRequest "
+                f"(encoding {START_REQUEST_ENCODING!r})",
+            )
+        try:
+            request = rpb.StartRunRequest.FromString(reg.payload.data)
+        except DecodeError as err:
+            raise TaskRefusedError(
+                wpb.TASK_REJECT_REASON_INVALID, f"{field}.payload: not a StartRunRequest"
+            ) from err
+        try:
+            check_id(request.workflow_name, f"{field}.payload.workflow_name")
+        except InvalidArgumentError as err:
+            raise TaskRefusedError(wpb.TASK_REJECT_REASON_INVALID, str(err)) from err
+        if child is not None and child.workflow_name != request.workflow_name:
+            raise TaskRefusedError(
+                wpb.TASK_REJECT_REASON_INVALID,
+                f"{field}.name: child run {child_id!r} runs {child.workflow_name!r}, "
+                f"not {request.workflow_name!r}",
+            )
+        starts.append((child_id, request))
+    return starts
+
+
+async def _start_children(
+    batch: ops.Batch,
+    row: sql_runs.RunRow,
+    starts: Sequence[tuple[str, rpb.StartRunRequest]],
+    *,
+    now: int,
+    retention: LogRetention,
+) -> bool:
+    """Create each child not yet created and resolve its start; True if any start resolved."""
+    woke = False
+    for child_id, request in starts:
+        if child_id not in batch.rows:
+            spec = ops.StartRunSpec(
+                workflow_name=request.workflow_name,
+                workflow_version=request.workflow_version,
+                input=request.input if request.HasField("input") else None,
+                run_id=child_id,
+                tags=tuple(request.tags),
+                execution_timeout=(
+                    request.execution_timeout if request.HasField("execution_timeout") else None
+                ),
+                parent_run_id=row.run_id,
+            )
+            await ops.start_run(batch, spec, run_id=child_id, now=now, retention=retention)
+        woke = (
+            wps.resolve_open(
+                batch,
+                row,
+                CHILD_START + child_id,
+                now=now,
+                retention=retention,
+                payload=json_payload({"run_id": child_id}),
+            )
+            or woke
+        )
+    return woke
+
+
+def _resolve_ended_children(
+    batch: ops.Batch, row: sql_runs.RunRow, *, now: int, retention: LogRetention
+) -> bool:
+    """Resolve waits on children that already ended (before the parent waited)."""
+    woke = False
+    for wp in list(row.snapshot.open_waitpoints):
+        if not wp.waitpoint_id.startswith(CHILD_END):
+            continue
+        child = batch.rows.get(wp.name)
+        if child is None or not is_terminal(child.snapshot.status):
+            continue
+        payload, error = wps.child_outcome(child.snapshot)
+        woke = (
+            wps.resolve_open(
+                batch,
+                row,
+                wp.waitpoint_id,
+                now=now,
+                retention=retention,
+                payload=payload,
+                error=error,
+            )
+            or woke
+        )
+    return woke
+
+
+def _notify_parent(
+    batch: ops.Batch, row: sql_runs.RunRow, *, now: int, retention: LogRetention
+) -> None:
+    """A child ended: resolve its parent's wait on it and make the parent due."""
+    parent = batch.rows.get(row.snapshot.parent_run_id) if row.snapshot.parent_run_id else None
+    if parent is None or is_terminal(parent.snapshot.status):
+        return
+    payload, error = wps.child_outcome(row.snapshot)
+    if wps.resolve_open(
+        batch,
+        parent,
+        CHILD_END + row.run_id,
+        now=now,
+        retention=retention,
+        payload=payload,
+        error=error,
+    ):
+        ops.ensure_task(batch, parent, now)
 
 
 def _schedule_steps(

@@ -35,14 +35,14 @@ from ledgerflow.ledger._time import set_nanos, to_nanos
 from ledgerflow.v1 import common_pb2, workflow_pb2
 from ledgerflow.v1 import ledger_pb2 as pb
 
-# What this coordinator resolves. Child runs come later; a body cannot register
-# one yet, so a result that does is malformed.
+# What this coordinator resolves; a result registering another kind is malformed.
 SUPPORTED_KINDS = frozenset(
     {
         pb.WAITPOINT_KIND_TIMER,
         pb.WAITPOINT_KIND_SIGNAL,
         pb.WAITPOINT_KIND_HUMAN,
         pb.WAITPOINT_KIND_STEP,
+        pb.WAITPOINT_KIND_CHILD_RUN,
     }
 )
 # Waits a signal of the waitpoint's name resolves.
@@ -151,6 +151,47 @@ def resolve(batch: ops.Batch, row: sql_runs.RunRow, *, now: int, retention: LogR
     if events:
         batch.fold(row, events, retention)
     return bool(events)
+
+
+def resolve_open(
+    batch: ops.Batch,
+    row: sql_runs.RunRow,
+    waitpoint_id: str,
+    *,
+    now: int,
+    retention: LogRetention,
+    payload: common_pb2.Payload | None = None,
+    error: common_pb2.ErrorInfo | None = None,
+) -> bool:
+    """Resolve the run's open waitpoint ``waitpoint_id`` (live); False when it is not open."""
+    for wp in row.snapshot.open_waitpoints:
+        if wp.waitpoint_id == waitpoint_id:
+            event = _resolution(
+                row, wp, now, source=pb.WAITPOINT_RESOLUTION_SOURCE_LIVE, payload=payload
+            )
+            if error is not None:
+                event.waitpoint_resolved.error.CopyFrom(error)
+            batch.fold(row, [event], retention)
+            return True
+    return False
+
+
+def child_outcome(
+    child: pb.RunSnapshot,
+) -> tuple[common_pb2.Payload | None, common_pb2.ErrorInfo | None]:
+    """What an ended child resolves its parent's wait with: its result, or its error.
+
+    The error's ``code`` says how the child ended (``FAILED``, ``CANCELLED``, ...).
+    """
+    if child.status == pb.RUN_STATUS_COMPLETED:
+        return (child.result if child.HasField("result") else None), None
+    error = common_pb2.ErrorInfo()
+    if child.HasField("error"):
+        error.CopyFrom(child.error)
+    error.code = pb.RunStatus.Name(child.status).removeprefix("RUN_STATUS_")
+    if not error.message:
+        error.message = f"the child run ended {error.code.lower()}"
+    return None, error
 
 
 def resolve_signal(

@@ -135,6 +135,29 @@ class StepFailedError(LedgerflowError):
         self.attempt = attempt
 
 
+class ChildRunFailedError(LedgerflowError):
+    """A child run the workflow body waited on did not complete.
+
+    Attributes:
+        run_id: The child run.
+        status: How it ended: ``FAILED``, ``CANCELLED``, ``TIMED_OUT`` or ``TERMINATED``.
+        error: Its error.
+    """
+
+    def __init__(self, run_id: str, error: common_pb2.ErrorInfo) -> None:
+        """Create the error.
+
+        Args:
+            run_id: The child run.
+            error: Its error; ``code`` holds how it ended.
+        """
+        self.run_id = run_id
+        self.status = error.code or "FAILED"
+        self.error = error
+        detail = f"{error.type}: {error.message}" if error.type else error.message
+        super().__init__(f"child run {run_id} {self.status.lower()}: {detail}")
+
+
 class WaitTimeoutError(LedgerflowError, TimeoutError):
     """A durable wait (``ctx.wait_for_signal(..., timeout=)``) reached its deadline first.
 
@@ -306,6 +329,7 @@ STATUS_CODE_NAMES: dict[type[LedgerflowError], str] = {
 
 __all__ = [
     "STATUS_CODE_NAMES",
+    "ChildRunFailedError",
     "CoordinatorUnavailableError",
     "FailedPreconditionError",
     "InvalidArgumentError",

@@ -8,7 +8,12 @@ steps run their subprocess as a step function does); see ``docs/workflows.md``
 for the replay and compensation semantics.
 """
 
-from ledgerflow.errors import NonDeterminismError, StepFailedError, WaitTimeoutError
+from ledgerflow.errors import (
+    ChildRunFailedError,
+    NonDeterminismError,
+    StepFailedError,
+    WaitTimeoutError,
+)
 from ledgerflow.workflow._command import (
     RESULT_FILE_ENV,
     CommandArtifact,
@@ -16,7 +21,7 @@ from ledgerflow.workflow._command import (
     CommandMetrics,
     CommandResult,
 )
-from ledgerflow.workflow._context import Context, WorkflowContext
+from ledgerflow.workflow._context import ChildHandle, Context, WorkflowContext
 from ledgerflow.workflow._definition import Registry, WorkflowDefinition, defn
 from ledgerflow.workflow._execution import WORKFLOW_LOG_CHANNEL, WorkflowExecution, execute
 from ledgerflow.workflow._retry import RetryPolicy
@@ -33,6 +38,8 @@ __all__ = [
     "WORKFLOW_LOG_CHANNEL",
     "BatchingSink",
     "CancelledSignal",
+    "ChildHandle",
+    "ChildRunFailedError",
     "CommandArtifact",
     "CommandFailedError",
     "CommandMetrics",

@@ -24,6 +24,7 @@ from google.protobuf import json_format
 
 from ledgerflow.errors import InvalidArgumentError
 from ledgerflow.v1 import ledger_pb2 as pb
+from ledgerflow.v1 import run_service_pb2
 from ledgerflow.workflow._command import (
     DEFAULT_LOG_TAIL_LINES,
     CommandResult,
@@ -31,6 +32,8 @@ from ledgerflow.workflow._command import (
     command_spec,
     default_step_name,
 )
+from ledgerflow.workflow._convert import encode
+from ledgerflow.workflow._definition import WorkflowDefinition
 from ledgerflow.workflow._retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -549,6 +552,46 @@ class WorkflowContext:
         seconds = None if timeout is None else _seconds(timeout)
         return await self._ex._wait_for_signal(name, seconds, type)
 
+    async def start_child(
+        self,
+        workflow: str | WorkflowDefinition[Any, Any],
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        execution_timeout: float | timedelta | None = None,
+    ) -> ChildHandle:
+        """Start a child run of ``workflow`` durably; return its handle.
+
+        The child is created once, whatever the replays (its id is
+        ``<run_id>.child-<n>`` for the body's n-th child unless ``run_id`` is given)
+        and records this run as its parent. The body goes on once it exists;
+        ``await handle.result()`` waits for it without holding the worker. Cancelling
+        this run cancels its unfinished children (each compensating).
+
+        Args:
+            workflow: The child's workflow: a definition, or a registered name.
+            input: The child's input (JSON by default).
+            run_id: The child's run id; default derived from this run's.
+            execution_timeout: Bounds the child's whole life (seconds or timedelta).
+
+        Returns:
+            The child's handle.
+        """
+        child_run_id = self._ex._child_run_id(run_id)
+        if isinstance(workflow, WorkflowDefinition):
+            name, version = workflow.name, workflow.version
+        else:
+            name, version = workflow, ""
+        request = run_service_pb2.StartRunRequest(
+            workflow_name=name, workflow_version=version, run_id=child_run_id
+        )
+        if input is not None:
+            request.input.CopyFrom(encode(input))
+        if execution_timeout is not None:
+            request.execution_timeout.FromTimedelta(timedelta(seconds=_seconds(execution_timeout)))
+        await self._ex._start_child(child_run_id, request)
+        return ChildHandle(self._ex, child_run_id)
+
     def compensate(self) -> NoReturn:
         """Stop the body and run the compensations of its completed steps, LIFO.
 
@@ -558,6 +601,30 @@ class WorkflowContext:
             CompensateRequestedSignal: Always; let it propagate.
         """
         self._ex._request_compensation()
+
+
+class ChildHandle:
+    """A child run started by ``ctx.start_child``.
+
+    Attributes:
+        run_id: The child's run id.
+    """
+
+    def __init__(self, execution: WorkflowExecution, run_id: str) -> None:
+        """Create the handle (``ctx.start_child`` does)."""
+        self._ex = execution
+        self.run_id = run_id
+
+    async def result(self, *, type: Any = None) -> Any:
+        """Wait durably for the child to end; return its result.
+
+        Args:
+            type: Decode the result as this type; None returns the JSON value.
+
+        Raises:
+            ChildRunFailedError: The child failed, was cancelled or timed out.
+        """
+        return await self._ex._child_result(self.run_id, type)
 
 
 Context = WorkflowContext

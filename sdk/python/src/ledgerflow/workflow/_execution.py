@@ -144,6 +144,7 @@ from typing import Any, NoReturn
 from google.protobuf import json_format
 
 from ledgerflow.errors import (
+    ChildRunFailedError,
     InvalidArgumentError,
     NonDeterminismError,
     StepFailedError,
@@ -157,7 +158,7 @@ from ledgerflow.ledger import (
     check_id,
 )
 from ledgerflow.ledger._time import set_duration_nanos, to_nanos
-from ledgerflow.v1 import common_pb2, journal_pb2, workflow_pb2
+from ledgerflow.v1 import common_pb2, journal_pb2, run_service_pb2, workflow_pb2
 from ledgerflow.v1 import ledger_pb2 as pb
 from ledgerflow.workflow import _events
 from ledgerflow.workflow._command import (
@@ -179,6 +180,9 @@ from ledgerflow.workflow._signals import (
     WaitpointPendingSignal,
 )
 from ledgerflow.workflow._sink import BatchingSink, EventSink
+
+START_REQUEST_ENCODING = "application/x-protobuf; messageType=ledgerflow.v1.StartRunRequest"
+"""The encoding of a child start's registration payload: a serialized StartRunRequest."""
 
 WORKFLOW_LOG_CHANNEL = "workflow"
 """The log channel of lines logged by the workflow body (positional)."""
@@ -310,6 +314,7 @@ class WorkflowExecution:
         self._waitpoints: list[workflow_pb2.WaitpointRegistration] = []
         self._resolved = journal.waitpoints_resolved
         self._wait_count = 0
+        self._child_count = 0
 
         self._cancel_requested = task.cancel_requested
         self._cancel_reason = task.cancel_reason
@@ -880,7 +885,16 @@ class WorkflowExecution:
         self._check_body_call(what)
         self._raise_if_stopped()
         self._wait_count += 1
-        waitpoint_id = f"{label}#{self._wait_count}"
+        return self._wait_on(f"{label}#{self._wait_count}", kind, name, deadline_ns)
+
+    def _wait_on(
+        self,
+        waitpoint_id: str,
+        kind: pb.WaitpointKind.ValueType,
+        name: str,
+        deadline_ns: int | None,
+        payload: common_pb2.Payload | None = None,
+    ) -> tuple[str, journal_pb2.WaitpointResolution]:
         resolution = self._resolved.get(waitpoint_id)
         if resolution is not None:
             if resolution.kind != kind:
@@ -896,12 +910,43 @@ class WorkflowExecution:
             return waitpoint_id, resolution
         self._raise_if_cancelled()
         registration = workflow_pb2.WaitpointRegistration(
-            waitpoint_id=waitpoint_id, kind=kind, name=name
+            waitpoint_id=waitpoint_id, kind=kind, name=name, payload=payload
         )
         if deadline_ns is not None:
             set_duration_nanos(registration.timeout, max(0, deadline_ns - self._clock()))
         self._waitpoints.append(registration)
         raise self._deliver(WaitpointPendingSignal(waitpoint_id))
+
+    def _child_run_id(self, run_id: str | None) -> str:
+        self._check_body_call("ctx.start_child()")
+        self._raise_if_stopped()
+        self._child_count += 1
+        child = run_id or f"{self.run_id}.child-{self._child_count}"
+        check_id(child, "run_id")
+        return child
+
+    async def _start_child(
+        self, child_run_id: str, request: run_service_pb2.StartRunRequest
+    ) -> None:
+        """Start the child durably: the coordinator creates it, the body goes on after."""
+        payload = common_pb2.Payload(
+            data=request.SerializeToString(), encoding=START_REQUEST_ENCODING
+        )
+        self._wait_on(
+            f"child-start:{child_run_id}", pb.WAITPOINT_KIND_CHILD_RUN, child_run_id, None, payload
+        )
+
+    async def _child_result(self, child_run_id: str, hint: Any) -> Any:
+        self._check_body_call("ChildHandle.result()")
+        self._raise_if_stopped()
+        _, resolution = self._wait_on(
+            f"child:{child_run_id}", pb.WAITPOINT_KIND_CHILD_RUN, child_run_id, None
+        )
+        if resolution.HasField("error"):
+            error = common_pb2.ErrorInfo()
+            error.CopyFrom(resolution.error)
+            raise ChildRunFailedError(child_run_id, error)
+        return decode(resolution.payload if resolution.HasField("payload") else None, hint)
 
     async def _sleep_until(self, deadline_ns: int) -> None:
         self._wait(pb.WAITPOINT_KIND_TIMER, "sleep", "", deadline_ns, "ctx.sleep()")
