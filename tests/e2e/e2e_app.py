@@ -180,3 +180,10 @@ async def grandparent(ctx: workflow.Context, directory: str) -> str:
     await ctx.step("hold", mark, directory, "hold", compensate=lambda _: mark(directory, "release"))
     child = await ctx.start_child(overdue, directory, run_id="sleepy-child")
     return str(await child.result())
+
+
+@workflow.defn(name="polyglot")
+async def polyglot(ctx: workflow.Context, name: str) -> object:
+    """A step implemented in TypeScript (sdk/typescript/e2e/step-worker.ts, kind ``images``)."""
+    ctx.log.info("asking typescript to resize %s", name)
+    return await ctx.step("resize", {"name": name, "width": 200}, worker_kind="images")

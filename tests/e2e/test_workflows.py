@@ -27,6 +27,7 @@ from ledgerflow.errors import RunCancelledError, RunFailedError
 from ledgerflow.v1 import ledger_pb2 as pb
 
 BIN = Path(sys.executable).parent / "ledgerflow"
+REPO_ROOT_TS = Path(__file__).resolve().parents[2] / "sdk" / "typescript"
 APP = Path(__file__).with_name("e2e_app.py")
 
 # Short leases so a killed worker's task moves on quickly; heartbeats well inside.
