@@ -69,6 +69,7 @@ PUBLIC = {
     "ledgerflow.worker": [
         "DEFAULT_DRAIN_TIMEOUT",
         "DEFAULT_MAX_CONCURRENT_TASKS",
+        "NeedsHuman",
         "StepCancelledError",
         "StepContext",
         "StepHandler",

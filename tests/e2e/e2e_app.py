@@ -187,3 +187,9 @@ async def polyglot(ctx: workflow.Context, name: str) -> object:
     """A step implemented in TypeScript (sdk/typescript/e2e/step-worker.ts, kind ``images``)."""
     ctx.log.info("asking typescript to resize %s", name)
     return await ctx.step("resize", {"name": name, "width": 200}, worker_kind="images")
+
+
+@workflow.defn(name="refund")
+async def refund(ctx: workflow.Context, amount: float) -> object:
+    """A refund reviewed on a worker of kind ``review`` (a person decides the large ones)."""
+    return await ctx.step("review", {"amount": amount}, worker_kind="review")

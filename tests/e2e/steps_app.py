@@ -1,10 +1,10 @@
-"""A step worker for the end-to-end tests: serves steps of kind ``upper``, no workflow."""
+"""A step worker for the end-to-end tests: serves steps of kinds ``upper`` and ``review``."""
 
 from __future__ import annotations
 
 import os
 
-from ledgerflow.worker import StepContext, Worker
+from ledgerflow.worker import NeedsHuman, StepContext, Worker
 from ledgerflow.workflow import Registry
 
 
@@ -17,4 +17,13 @@ def upper(text: str, ctx: StepContext) -> str:
     return text.upper()
 
 
-worker = Worker(os.environ["LEDGERFLOW_ADDRESS"], Registry([]), steps={"upper": upper})
+def review(refund: dict[str, object], ctx: StepContext) -> object:
+    """A refund over 10 needs a person; smaller ones are approved here."""
+    if float(refund["amount"]) > 10:  # type: ignore[arg-type]
+        raise NeedsHuman(f"approve the refund of {refund['amount']} EUR")
+    return {"approved": True, "by": "policy"}
+
+
+worker = Worker(
+    os.environ["LEDGERFLOW_ADDRESS"], Registry([]), steps={"upper": upper, "review": review}
+)

@@ -36,19 +36,19 @@ def pg_url(pg_cluster: PgCluster) -> str:
 
 async def waiting_on(client: Client, run_id: str) -> pb.RunSnapshot:
     """Wait (on the snapshot stream) until the run waits with an open waitpoint."""
-    async for snap in client.watch_run(run_id):
-        if snap.status == pb.RUN_STATUS_WAITING and snap.open_waitpoints:
-            return snap
+    async with asyncio.timeout(120):  # a bug must fail the test, not hang it
+        async for snap in client.watch_run(run_id):
+            if snap.status == pb.RUN_STATUS_WAITING and snap.open_waitpoints:
+                return snap
     raise AssertionError(f"run {run_id} ended without waiting")
 
 
 async def waiting_for(client: Client, run_id: str, waitpoint_id: str) -> pb.RunSnapshot:
     """Wait (on the snapshot stream) until the run waits on ``waitpoint_id``."""
-    async for snap in client.watch_run(run_id):
-        if snap.status == pb.RUN_STATUS_WAITING and any(
-            w.waitpoint_id == waitpoint_id for w in snap.open_waitpoints
-        ):
-            return snap
+    async with asyncio.timeout(120):  # a bug must fail the test, not hang it
+        async for snap in client.watch_run(run_id):
+            if any(w.waitpoint_id == waitpoint_id for w in snap.open_waitpoints):
+                return snap
     raise AssertionError(f"run {run_id} ended without waiting on {waitpoint_id}")
 
 
@@ -363,3 +363,28 @@ async def test_cancelling_a_waiting_parent_cancels_its_child_and_both_compensate
             await client.close()
     assert runs_of(marks, "release") == 1  # the parent's compensation
     assert runs_of(marks, "unbook") == 1  # the child's
+
+
+async def test_a_step_that_needs_a_human_parks_the_run_until_a_signal_decides(
+    cluster: tuple[str, int], app_dir: Path
+) -> None:
+    _, port = cluster
+    address = f"127.0.0.1:{port}"
+    with worker(app_dir, address), step_worker(app_dir, address):
+        client = await Client.connect(address)
+        try:
+            await client.start("refund", 42.0, run_id="big")
+            snap = await waiting_for(client, "big", "human:review")
+            assert snap.steps["review"].progress.message == (
+                "needs a human: approve the refund of 42.0 EUR"
+            )
+            await client.signal_run("big", "review", {"approved": False, "by": "ana"})
+            decided = await client.get_handle("big").result(timeout=60)
+            small = await (await client.start("refund", 5.0)).result(timeout=60)
+            final = await client.get_run("big")
+        finally:
+            await client.close()
+    assert decided == {"approved": False, "by": "ana"}
+    assert small == {"approved": True, "by": "policy"}
+    assert final.steps["review"].status == pb.STEP_STATUS_COMPLETED
+    assert not final.open_waitpoints

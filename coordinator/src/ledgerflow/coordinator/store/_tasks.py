@@ -680,10 +680,14 @@ async def complete_step(
             wpb.TASK_REJECT_REASON_INVALID,
             f"step_id: {result.step_id!r} is not the task's step {task.step_id!r}",
         )
-    if result.outcome not in (step_pb2.STEP_OUTCOME_COMPLETED, step_pb2.STEP_OUTCOME_FAILED):
+    if result.outcome not in (
+        step_pb2.STEP_OUTCOME_COMPLETED,
+        step_pb2.STEP_OUTCOME_FAILED,
+        step_pb2.STEP_OUTCOME_BLOCKED,
+    ):
         raise TaskRefusedError(
             wpb.TASK_REJECT_REASON_INVALID,
-            f"outcome: {result.outcome} is not supported for a remote step (COMPLETED or FAILED)",
+            f"outcome: {result.outcome} is not a step outcome (COMPLETED, FAILED, BLOCKED)",
         )
     row = batch.rows[task.run_id]
     assert task.step_id is not None
@@ -691,6 +695,8 @@ async def complete_step(
         _finish(batch, task)
         return ops.Outcome(value=row.last_seq)
     attempt = result.attempt or task.invocation
+    if result.outcome == step_pb2.STEP_OUTCOME_BLOCKED:
+        return await _park_for_a_human(batch, task, row, result, now=now, retention=retention)
     end = ops._new_event(task.run_id, pb.EVENT_SOURCE_WORKER, now)
     resolved = ops._new_event(task.run_id, pb.EVENT_SOURCE_COORDINATOR, now)
     r = resolved.waitpoint_resolved
@@ -721,6 +727,47 @@ async def complete_step(
     row = batch.rows[task.run_id]
     ops.ensure_task(batch, row, now)
     outcome.value = row.last_seq
+    return outcome
+
+
+HUMAN = "human:"
+"""Waitpoint id prefix of a person's decision on a step that came back blocked."""
+
+
+async def _park_for_a_human(
+    batch: ops.Batch,
+    task: sql_tasks.TaskRow,
+    row: sql_runs.RunRow,
+    result: step_pb2.StepResult,
+    *,
+    now: int,
+    retention: LogRetention,
+) -> ops.Outcome:
+    """A step that needs a person: the run keeps waiting, now on a human waitpoint.
+
+    The signal named after the step (``ledgerflow run signal RUN STEP --payload
+    JSON``) resolves it: its payload becomes the step's output (``resolve_signal``).
+    """
+    assert task.step_id is not None
+    why = result.summary or "the step needs a human decision"
+    progress = ops._new_event(task.run_id, pb.EVENT_SOURCE_WORKER, now)
+    progress.step_progress.step_id = task.step_id
+    progress.step_progress.progress.message = f"needs a human: {why}"
+    set_nanos(progress.step_progress.progress.update_time, now)
+    parked = ops._new_event(task.run_id, pb.EVENT_SOURCE_COORDINATOR, now)
+    wp = parked.waitpoint_registered
+    wp.waitpoint_id = HUMAN + task.step_id
+    wp.kind = pb.WAITPOINT_KIND_HUMAN
+    wp.name = task.step_id
+    wp.payload.CopyFrom(json_payload({"summary": why}))
+    # The step's start made the run "running"; it waits on a person now.
+    waiting = ops._new_event(task.run_id, pb.EVENT_SOURCE_COORDINATOR, now)
+    waiting.run_waiting.waitpoint_ids.append(wp.waitpoint_id)
+    outcome = await ops.append_events(
+        batch, [progress, parked, waiting], request_id="", retention=retention
+    )
+    _finish(batch, task)
+    outcome.value = batch.rows[task.run_id].last_seq
     return outcome
 
 

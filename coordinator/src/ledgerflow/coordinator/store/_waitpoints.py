@@ -211,17 +211,37 @@ def resolve_signal(
     """
     for wp in row.snapshot.open_waitpoints:
         if wp.kind in SIGNALLED and wp.name == name:
-            event = _resolution(
-                row,
-                wp,
-                now,
-                source=pb.WAITPOINT_RESOLUTION_SOURCE_LIVE,
-                matched_seq=seq,
-                payload=payload,
-            )
-            batch.fold(row, [event], retention)
+            events = [
+                _resolution(
+                    row,
+                    wp,
+                    now,
+                    source=pb.WAITPOINT_RESOLUTION_SOURCE_LIVE,
+                    matched_seq=seq,
+                    payload=payload,
+                )
+            ]
+            if wp.kind == pb.WAITPOINT_KIND_HUMAN and wp.waitpoint_id == "human:" + wp.name:
+                events += _decided(row, wp.name, payload, now)
+            batch.fold(row, events, retention)
             return True
     return False
+
+
+def _decided(
+    row: sql_runs.RunRow, step_id: str, payload: common_pb2.Payload | None, now: int
+) -> list[pb.LedgerEvent]:
+    """A person decided a blocked step: the decision is its output, and the body goes on."""
+    done = ops._new_event(row.run_id, pb.EVENT_SOURCE_CLIENT, now)
+    done.step_completed.step_id = step_id
+    done.step_completed.kind = "remote"
+    pending = row.journal.pending_steps.get(step_id)
+    done.step_completed.attempt = pending.attempt if pending is not None else 1
+    if payload is not None:
+        done.step_completed.output.CopyFrom(payload)
+    waiting = [w for w in row.snapshot.open_waitpoints if w.waitpoint_id == "step:" + step_id]
+    live = pb.WAITPOINT_RESOLUTION_SOURCE_LIVE
+    return [done, *(_resolution(row, w, now, source=live, payload=payload) for w in waiting)]
 
 
 def schedule(batch: ops.Batch, row: sql_runs.RunRow, *, now: int, wake: bool) -> None:

@@ -7,12 +7,13 @@ stream breaks without failing the tasks it runs, and drains on request. The
 ``ledgerflow worker MODULE[:ATTR]`` command runs one; see ``docs/workers.md``.
 """
 
-from ledgerflow.worker._step import StepCancelledError, StepContext, StepHandler
+from ledgerflow.worker._step import NeedsHuman, StepCancelledError, StepContext, StepHandler
 from ledgerflow.worker._worker import DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONCURRENT_TASKS, Worker
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
     "DEFAULT_MAX_CONCURRENT_TASKS",
+    "NeedsHuman",
     "StepCancelledError",
     "StepContext",
     "StepHandler",

@@ -30,6 +30,23 @@ StepHandler = Callable[[Any, "StepContext"], Any]
 """``handler(input, ctx) -> output``: sync (run in a thread) or async."""
 
 
+class NeedsHuman(Exception):  # noqa: N818 (an outcome, not an error)
+    """Raise from a step handler when a person must decide: the step comes back BLOCKED.
+
+    The run keeps waiting, on a human waitpoint named after the step, until someone
+    sends the signal of that name (``ledgerflow run signal RUN STEP --payload JSON``);
+    its payload becomes the step's output.
+
+    Args:
+        summary: What the person has to decide (shown in the run's snapshot).
+    """
+
+    def __init__(self, summary: str) -> None:
+        """Create the outcome."""
+        super().__init__(summary)
+        self.summary = summary
+
+
 class StepCancelledError(Exception):
     """The run was cancelled while its step ran here (the step fails with this type)."""
 
@@ -165,6 +182,10 @@ async def run_step(
         output = runner.result()
         result.outcome = step_pb2.STEP_OUTCOME_COMPLETED
         result.output.CopyFrom(encode(output))
+    except NeedsHuman as blocked:
+        result.outcome = step_pb2.STEP_OUTCOME_BLOCKED
+        result.needs_human = True
+        result.summary = blocked.summary
     except Exception as exc:  # the step failed: that is its result, not the worker's problem
         result.outcome = step_pb2.STEP_OUTCOME_FAILED
         result.error.CopyFrom(error_info(exc))
