@@ -11,6 +11,8 @@
 #                                '.git#branch=origin/main'); default: main's history, see below.
 #   LEDGERFLOW_PG_BINDIR         PostgreSQL server binaries (initdb, pg_ctl); detected when
 #                                unset, installed with apt-get when missing. Exported for tests.
+#   LEDGERFLOW_CHROMIUM          Chromium for the browser tests (default /usr/bin/chromium,
+#                                Debian's package, installed with apt-get when missing).
 #   PYTHON                       interpreter used to create .venv (default: python3.11).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -86,6 +88,24 @@ if ! pg_bindir=$(find_pg_bindir); then
 fi
 export LEDGERFLOW_PG_BINDIR=$pg_bindir
 echo "LEDGERFLOW_PG_BINDIR=$LEDGERFLOW_PG_BINDIR ($("$pg_bindir/postgres" --version))"
+
+# --- Chromium (browser tests) -------------------------------------------------------------
+stage "Chromium for the browser tests"
+# tests/web drive Debian's chromium through Playwright's executable_path; Playwright's own
+# browser download (`playwright install`) is never used.
+chromium=${LEDGERFLOW_CHROMIUM:-/usr/bin/chromium}
+if [[ ! -x $chromium ]]; then
+  echo "$chromium not found; installing Debian's chromium"
+  sudo=()
+  if ((EUID != 0)); then sudo=(sudo -n); fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" apt-get install -y -qq chromium >/dev/null
+  [[ -x $chromium ]] || die "chromium installed but $chromium still not found"
+fi
+export LEDGERFLOW_CHROMIUM=$chromium
+# Debian's wrapper script prints a harmless shell warning on stderr; keep the version line.
+echo "LEDGERFLOW_CHROMIUM=$LEDGERFLOW_CHROMIUM ($("$chromium" --version 2>/dev/null))"
 
 # --- Protos -------------------------------------------------------------------------------
 stage "buf format"

@@ -19,6 +19,7 @@ from ledgerflow.coordinator._cli import add_database_url_flag, database_url
 
 _ENV = {
     "listen": "LEDGERFLOW_LISTEN",
+    "http_listen": "LEDGERFLOW_HTTP_LISTEN",
     "max_payload_bytes": "LEDGERFLOW_MAX_PAYLOAD_BYTES",
     "log_max_lines": "LEDGERFLOW_LOG_MAX_LINES",
     "log_max_bytes": "LEDGERFLOW_LOG_MAX_BYTES",
@@ -36,12 +37,18 @@ def register(commands: Any) -> None:
         help="run the coordinator",
         description=(
             "Run the ledgerflow coordinator: the gRPC API, with grpc.health.v1 and server "
-            "reflection. With no database URL it uses the embedded SQLite file ./ledgerflow.db. "
+            "reflection, and with --http-listen the web dashboard. With no database URL it uses "
+            "the embedded SQLite file ./ledgerflow.db. "
             "SIGTERM or SIGINT shuts it down gracefully."
         ),
     )
     server.add_argument(
         "--listen", metavar="HOST:PORT", help=f"default: ${_ENV['listen']}, else 127.0.0.1:7170"
+    )
+    server.add_argument(
+        "--http-listen",
+        metavar="HOST:PORT",
+        help=f"serve the web dashboard here (default: ${_ENV['http_listen']}, else no dashboard)",
     )
     add_database_url_flag(server)
     server.add_argument(
@@ -131,6 +138,14 @@ def _server(args: argparse.Namespace) -> int:
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise CommandError(f"--listen must be HOST:PORT, got {listen!r}")
+    http_listen = _setting(args, "http_listen")
+    if http_listen is not None:
+        from ledgerflow.coordinator.web import parse_listen
+
+        try:
+            parse_listen(http_listen)
+        except ValueError as err:
+            raise CommandError(str(err)) from err
     defaults = Limits()
     retention = LogRetention()
     secret = _setting(args, "page_token_secret")
@@ -149,6 +164,7 @@ def _server(args: argparse.Namespace) -> int:
             lease_seconds=_positive(args, "lease_seconds", 10.0),
             heartbeat_seconds=_positive(args, "heartbeat_seconds", 2.0),
         ),
+        http_listen=http_listen,
         **({"page_token_secret": secret.encode()} if secret else {}),
     )
     try:

@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,10 +28,16 @@ from ledgerflow.v1 import (
     worker_service_pb2_grpc,
 )
 
+if TYPE_CHECKING:
+    from ledgerflow.coordinator.web import WebServer
+
 _log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:7170"
 """Where the coordinator listens unless told otherwise."""
+
+DEFAULT_HTTP_LISTEN = "127.0.0.1:7171"
+"""Where a coordinator that serves the dashboard by default (``ledgerflow dev``) serves it."""
 
 # A fixed default keeps page tokens valid across restarts and replicas of a
 # default deployment; the signature still rejects edited or corrupted tokens.
@@ -49,6 +56,8 @@ class ServerConfig:
         page_token_secret: HMAC key for ListRuns page tokens; share it between replicas.
         shutdown_grace: Seconds in-flight RPCs get to finish on shutdown.
         leases: Task lease and heartbeat timing.
+        http_listen: ``HOST:PORT`` to serve the web dashboard on (port 0 picks a free
+            one); None serves no dashboard.
     """
 
     listen: str = DEFAULT_LISTEN
@@ -58,6 +67,7 @@ class ServerConfig:
     page_token_secret: bytes = _DEFAULT_TOKEN_SECRET
     shutdown_grace: float = 10.0
     leases: LeaseConfig = field(default_factory=LeaseConfig)
+    http_listen: str | None = None
 
 
 class Coordinator:
@@ -73,6 +83,9 @@ class Coordinator:
         self._listener: PostgresListener | None = None
         self.store: Store | None = None
         self.dispatcher: Dispatcher | None = None
+        self.run_service: RunService | None = None
+        self.web: WebServer | None = None
+        """The dashboard's HTTP server, when ``config.http_listen`` asks for one."""
 
     async def start(self) -> None:
         """Migrate the database, start the writer and fan-out, then serve."""
@@ -118,9 +131,10 @@ class Coordinator:
                 ("grpc.max_send_message_length", max_message),
             ],
         )
-        run_service_pb2_grpc.add_RunServiceServicer_to_server(
-            RunService(self.store, hub, PageTokens(self.config.page_token_secret), limits), server
+        self.run_service = RunService(
+            self.store, hub, PageTokens(self.config.page_token_secret), limits
         )
+        run_service_pb2_grpc.add_RunServiceServicer_to_server(self.run_service, server)
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerService(self.store, self.dispatcher, limits, self.config.leases), server
         )
@@ -135,11 +149,25 @@ class Coordinator:
         self.port = server.add_insecure_port(self.config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
+        if self.config.http_listen is not None:
+            # Before gRPC starts serving: a dashboard port that cannot be bound fails
+            # startup the way a gRPC port does, before any client is accepted.
+            await self._start_web(self.config.http_listen)
         await server.start()
         self._server = server
         self.dispatcher.start()
         for name in ("", *services[:1]):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _start_web(self, listen: str) -> None:
+        # Imported here: a coordinator without a dashboard never loads the web stack.
+        from ledgerflow.coordinator.web import WebServer, create_app
+
+        assert self.run_service is not None
+        self.web = WebServer(
+            create_app(self.run_service), listen, shutdown_grace=self.config.shutdown_grace
+        )
+        await self.web.start()
 
     async def stop(self) -> None:
         """Stop accepting RPCs, end streams cleanly, finish in-flight writes, close the database."""
@@ -154,6 +182,10 @@ class Coordinator:
         # Streams end first (their handlers return), so the grace period is spent on
         # unary calls still writing, not on watchers that would never finish.
         self.hub.close()
+        # Before the store closes: a dashboard request may still be writing through it.
+        if self.web is not None:
+            await self.web.stop()
+            self.web = None
         if self._server is not None:
             await self._server.stop(self.config.shutdown_grace)
             self._server = None
@@ -180,6 +212,8 @@ async def serve(config: ServerConfig, *, ready: asyncio.Event | None = None) -> 
     await coordinator.start()
     host = config.listen.rsplit(":", 1)[0]
     print(f"ledgerflow coordinator listening on {host}:{coordinator.port}", flush=True)  # noqa: T201
+    if coordinator.web is not None:
+        print(f"ledgerflow dashboard on {coordinator.web.url}", flush=True)  # noqa: T201
     if ready is not None:
         ready.set()
     stop = asyncio.Event()

@@ -1,0 +1,78 @@
+"""JSON responses and the status mapping shared by every dashboard endpoint.
+
+The dashboard speaks the API's language: a response body is the proto3 JSON mapping
+of the RPC's response message (``int64`` values are strings, enums are their names,
+``bytes`` are base64), and an error is the status code the gRPC API would have
+returned, mapped to the nearest HTTP status, with the same message (which names
+the offending field).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from starlette.responses import Response
+
+from ledgerflow.coordinator.api import status_code_for
+from ledgerflow.errors import InvalidArgumentError, LedgerflowError
+
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "FAILED_PRECONDITION": 409,
+    "ABORTED": 409,
+    "RESOURCE_EXHAUSTED": 413,
+    "UNAVAILABLE": 503,
+}
+"""The HTTP status each gRPC status code travels as; anything else is a 500."""
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    """Return the proto3 JSON mapping of ``message`` (field names as in the .proto)."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def dumps(value: object) -> str:
+    """Return compact JSON on one line (an SSE ``data:`` field may not contain a newline)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class JSONResponse(Response):
+    """A compact JSON response."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        """Encode ``content`` as UTF-8 JSON."""
+        return dumps(content).encode("utf-8")
+
+
+def message_response(message: Message) -> JSONResponse:
+    """Return a 200 response carrying ``message`` as proto3 JSON."""
+    return JSONResponse(to_json(message))
+
+
+def error_body(code: str, message: str, field: str = "") -> dict[str, Any]:
+    """Return the JSON body of an error: ``{"error": {"code", "message", "field"?}}``."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    return {"error": error}
+
+
+def error_response(status: int, code: str, message: str, field: str = "") -> JSONResponse:
+    """Return an error response (see :func:`error_body`)."""
+    return JSONResponse(error_body(code, message, field), status_code=status)
+
+
+def domain_error_body(err: LedgerflowError) -> tuple[int, dict[str, Any]]:
+    """Return the HTTP status and JSON body of a domain error, as the API would report it."""
+    code = status_code_for(err).name
+    field = err.field if isinstance(err, InvalidArgumentError) else ""
+    return HTTP_STATUS.get(code, 500), error_body(code, str(err), field)

@@ -1,0 +1,180 @@
+// Shared helpers for the dashboard pages.
+//
+// Safety rule for every page: elements are built with el(); text goes in with
+// textContent (text nodes), never innerHTML, so step names, log lines, payloads and
+// error messages render as text whatever they contain.
+
+/**
+ * Create an element.
+ * @param {string} tag
+ * @param {object} props  class, text, href, title, type, value, placeholder, name,
+ *                        for, id, dataset (object), on (object of listeners)
+ * @param {...(Node|string|number|null|undefined)} children  strings become text nodes
+ */
+export function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (value === undefined || value === null) continue;
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = String(value);
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key === "on") {
+      for (const [type, listener] of Object.entries(value)) node.addEventListener(type, listener);
+    } else node.setAttribute(key, String(value));
+  }
+  for (const child of children) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+/** An error the API answered with: code is the gRPC status name. */
+export class ApiError extends Error {
+  constructor(status, code, message, field) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.field = field || "";
+  }
+  toString() {
+    return `${this.code}: ${this.message}`;
+  }
+}
+
+/** Call a JSON endpoint; throws ApiError with the API's code and message. */
+export async function api(path, { method = "GET", body } = {}) {
+  const init = { method, headers: { Accept: "application/json" } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (err) {
+    throw new ApiError(0, "UNAVAILABLE", `the coordinator could not be reached (${err})`);
+  }
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    const error = (data && data.error) || {};
+    throw new ApiError(
+      response.status,
+      error.code || `HTTP_${response.status}`,
+      error.message || text || response.statusText,
+      error.field,
+    );
+  }
+  return data;
+}
+
+/** "RUN_STATUS_TIMED_OUT" -> "timed out". */
+export function enumWord(value, prefix) {
+  if (!value) return "unspecified";
+  return String(value).replace(prefix, "").toLowerCase().replace(/_/g, " ");
+}
+
+export const runStatus = (s) => enumWord(s, "RUN_STATUS_");
+export const stepStatus = (s) => enumWord(s, "STEP_STATUS_");
+
+const TERMINAL = new Set([
+  "RUN_STATUS_COMPLETED",
+  "RUN_STATUS_FAILED",
+  "RUN_STATUS_CANCELLED",
+  "RUN_STATUS_TERMINATED",
+  "RUN_STATUS_TIMED_OUT",
+]);
+export const isTerminal = (status) => TERMINAL.has(status);
+
+/** A status badge; the class carries the colour, the text says the word. */
+export function badge(word) {
+  return el("span", { class: `badge status-${word.replace(/ /g, "-")}`, text: word });
+}
+
+/** Milliseconds since the epoch of an RFC 3339 timestamp, or null. */
+export function millis(ts) {
+  if (!ts) return null;
+  const value = Date.parse(ts);
+  return Number.isNaN(value) ? null : value;
+}
+
+export function formatTime(ts) {
+  const ms = millis(ts);
+  if (ms === null) return "—";
+  const d = new Date(ms);
+  const pad = (n, w = 2) => String(n).padStart(w, "0");
+  return (
+    `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`
+  );
+}
+
+export function formatDuration(ms) {
+  if (ms === null || ms === undefined || Number.isNaN(ms)) return "—";
+  if (ms < 1000) return `${Math.max(0, Math.round(ms))} ms`;
+  const s = ms / 1000;
+  if (s < 60) return `${s.toFixed(s < 10 ? 2 : 1)} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ${Math.floor(s % 60)} s`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+/** proto3 JSON Duration ("1.500s") -> milliseconds. */
+export function durationMillis(duration) {
+  if (!duration) return null;
+  const value = parseFloat(String(duration));
+  return Number.isNaN(value) ? null : value * 1000;
+}
+
+/** Decode a Payload {encoding, data: base64} to display text (pretty JSON when JSON). */
+export function payloadText(payload) {
+  if (!payload || !payload.data) return null;
+  let text;
+  try {
+    const bytes = Uint8Array.from(atob(payload.data), (c) => c.charCodeAt(0));
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    return `(${payload.encoding || "binary"}, base64) ${payload.data}`;
+  }
+  const encoding = payload.encoding || "json/plain";
+  if (encoding === "json/plain") {
+    try {
+      return JSON.stringify(JSON.parse(text), null, 2);
+    } catch {
+      return text;
+    }
+  }
+  return `(${encoding}) ${text}`;
+}
+
+/** A <pre> of pretty JSON (or a placeholder). */
+export function jsonBlock(text, emptyText = "—") {
+  if (text === null || text === undefined) return el("p", { class: "muted", text: emptyText });
+  return el("pre", { class: "json" }, text);
+}
+
+/** Keeps a "live" indicator in step with an EventSource's state. */
+export function trackLive(indicator, source, { ended = false } = {}) {
+  const set = (state, text) => {
+    indicator.className = `live live-${state}`;
+    indicator.textContent = text;
+  };
+  set("connecting", "connecting…");
+  source.addEventListener("open", () => set("on", "live"));
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) set("off", "disconnected");
+    else set("connecting", "reconnecting…");
+  });
+  return { done: (text = "finished") => set("done", text) };
+}
+
+/** Show a message in a status area; kind is "ok" or "error". */
+export function say(area, kind, text) {
+  area.replaceChildren(el("span", { class: `message message-${kind}`, role: "status" }, text));
+}
