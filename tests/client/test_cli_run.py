@@ -172,10 +172,10 @@ async def test_show_a_finished_run_and_as_json(fake: FakeCoordinator) -> None:
     assert obj["error"] == {"type": "ValueError", "message": "card declined"}
 
 
-async def test_show_unknown_run_exits_1_with_one_line(fake: FakeCoordinator) -> None:
+async def test_show_unknown_run_exits_2_with_one_line(fake: FakeCoordinator) -> None:
     fake.service.reply("GetRun", Abort(grpc.StatusCode.NOT_FOUND, "no such run: ghost"))
     result = await run(fake, "show", "ghost")
-    assert (result.code, result.out, result.err) == (1, "", "ledgerflow: run ghost not found\n")
+    assert (result.code, result.out, result.err) == (2, "", "ledgerflow: run ghost not found\n")
 
 
 # --- events and logs ----------------------------------------------------------------------
@@ -232,14 +232,14 @@ async def test_logs_json(fake: FakeCoordinator) -> None:
     assert fake.service.only_request("TailLogs") == rs.TailLogsRequest(run_id="r1")
 
 
-async def test_logs_error_mid_stream_exits_1(fake: FakeCoordinator) -> None:
+async def test_logs_error_mid_stream_exits_2(fake: FakeCoordinator) -> None:
     fake.service.stream(
         "TailLogs",
         rs.TailLogsResponse(lines=[log_line(1, "hi")]),
         Abort(grpc.StatusCode.INTERNAL, "disk on fire"),
     )
     result = await run(fake, "logs", "r1")
-    assert (result.code, result.out) == (1, "1 stdout hi\n")
+    assert (result.code, result.out) == (2, "1 stdout hi\n")
     assert result.err == "ledgerflow: INTERNAL: disk on fire\n"
 
 
@@ -262,10 +262,10 @@ async def test_cancel_confirms_in_one_line(fake: FakeCoordinator) -> None:
     assert "@" in resent.identity  # user@host by default
 
 
-async def test_cancel_a_finished_run_exits_1(fake: FakeCoordinator) -> None:
+async def test_cancel_a_finished_run_exits_2(fake: FakeCoordinator) -> None:
     fake.service.reply("CancelRun", Abort(grpc.StatusCode.FAILED_PRECONDITION, "run r1 has ended"))
     result = await run(fake, "cancel", "r1")
-    assert (result.code, result.err) == (1, "ledgerflow: run r1 has ended\n")
+    assert (result.code, result.err) == (2, "ledgerflow: run r1 has ended\n")
 
 
 async def test_signal_sends_the_payload(fake: FakeCoordinator) -> None:
@@ -289,37 +289,43 @@ async def test_signal_duplicate_and_invalid_argument(fake: FakeCoordinator) -> N
     dup = await run(fake, "signal", "r1", "go", "--request-id", "q")
     assert dup.out == "signal go to run r1 was already sent with request id q (seq 30)\n"
     bad = await run(fake, "signal", "r1", "")
-    assert (bad.code, bad.err) == (1, "ledgerflow: signal_name: is required\n")
+    assert (bad.code, bad.err) == (2, "ledgerflow: signal_name: is required\n")
 
 
 # --- watch --------------------------------------------------------------------------------
 
 
-async def test_watch_prints_status_changes_and_stops_at_the_terminal_snapshot(
+async def test_watch_prints_a_line_per_change_and_stops_at_the_terminal_snapshot(
     fake: FakeCoordinator,
 ) -> None:
     done = snapshot(status=ledger_pb2.RUN_STATUS_FAILED, last_seq=9)
+    done.error.type = "ValueError"
     done.error.message = "boom"
     fake.service.stream(
         "WatchRun",
         rs.WatchRunResponse(snapshot=snapshot(last_seq=3)),
         rs.WatchRunResponse(snapshot=snapshot(last_seq=4, active_step_id="a")),
-        rs.WatchRunResponse(snapshot=snapshot(last_seq=5, active_step_id="a")),  # logs only
-        rs.WatchRunResponse(snapshot=snapshot(last_seq=6, active_step_id="b")),
+        rs.WatchRunResponse(snapshot=snapshot(last_seq=5, active_step_id="a")),  # no change
         rs.WatchRunResponse(snapshot=done),
         # A coordinator that kept the stream open would hang a CLI waiting for its end.
         HOLD,
     )
     result = await run(fake, "watch", "r1", "--after", "2")
-    assert result.code == 0, result.err
+    assert result.code == 1, result.err  # the run failed
+    assert result.err == ""
     assert result.lines == [
-        "2026-01-02 03:04:05Z  running",
-        "2026-01-02 03:04:05Z  running  step a",
-        "2026-01-02 03:04:05Z  running  step b",
-        "2026-01-02 03:04:05Z  failed  boom",
+        "2026-01-02 03:04:05Z  run  running",
+        "2026-01-02 03:04:05Z  run  failed  ValueError: boom",
+        "failed  ValueError: boom",
     ]
     assert fake.service.only_request("WatchRun") == rs.WatchRunRequest(run_id="r1", after_seq=2)
     await asyncio.wait_for(fake.service.cancelled.wait(), timeout=30)
+
+
+async def test_watch_of_an_unknown_run_exits_2(fake: FakeCoordinator) -> None:
+    fake.service.stream("WatchRun", Abort(grpc.StatusCode.NOT_FOUND, "no such run: ghost"))
+    result = await run(fake, "watch", "ghost")
+    assert (result.code, result.out, result.err) == (2, "", "ledgerflow: run ghost not found\n")
 
 
 async def test_watch_json_prints_every_snapshot(fake: FakeCoordinator) -> None:
@@ -330,6 +336,7 @@ async def test_watch_json_prints_every_snapshot(fake: FakeCoordinator) -> None:
         rs.WatchRunResponse(snapshot=snapshot(status=ledger_pb2.RUN_STATUS_COMPLETED)),
     )
     result = await run(fake, "watch", "r1", "--json")
+    assert result.code == 0, result.err
     assert [obj.get("lastSeq") for obj in result.objects] == ["3", "4", None]
 
 
@@ -357,9 +364,9 @@ async def test_bad_input_exits_2_with_one_line_and_calls_nothing(
     assert not any(fake.service.requests.values())
 
 
-async def test_unreachable_coordinator_exits_1_naming_the_address(dead_address: str) -> None:
+async def test_unreachable_coordinator_exits_2_naming_the_address(dead_address: str) -> None:
     result = await ledgerflow("run", "show", "r1", "--address", dead_address)
-    assert result.code == 1
+    assert result.code == 2
     assert result.err.startswith("ledgerflow: cannot reach the coordinator at ")
     assert dead_address in result.err
     assert len(result.err.splitlines()) == 1

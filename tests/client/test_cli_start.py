@@ -19,7 +19,7 @@ from tests.client.builders import ended, produced
 from tests.client.conftest import WatchProbe
 from tests.client.test_cli_run import Result, ledgerflow
 
-# A watch line: "<UTC time>  <status>[  <detail>]".
+# A watch line: "<UTC time>  <subject>  <what>".
 _STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ  "
 
 
@@ -87,10 +87,10 @@ async def test_watch_follows_the_run_and_exits_0_when_it_completes(
         result.lines,
         [
             "run r1 created",
-            _STAMP + "queued",
-            _STAMP + "running",
-            _STAMP + "running  step sum",
-            _STAMP + "completed",
+            _STAMP + "run  queued",
+            _STAMP + "run  running",
+            _STAMP + "step sum  running",
+            _STAMP + "run  completed",
             r'result  \{"total":12\}',
         ],
     ), result.out
@@ -117,7 +117,10 @@ async def test_watch_exits_1_when_the_run_does_not_complete(
     result = await cli
     assert result.code == 1
     assert result.err == ""
-    assert matches(result.lines, ["run r1 created", _STAMP + "queued", _STAMP + shown])
+    assert matches(
+        result.lines,
+        ["run r1 created", _STAMP + "run  queued", _STAMP + "run  " + shown, shown],
+    ), result.out
 
 
 async def test_watch_of_a_run_that_already_ended_returns_at_once(
@@ -129,7 +132,7 @@ async def test_watch_of_a_run_that_already_ended_returns_at_once(
     assert result.code == 0, result.err
     assert matches(
         result.lines,
-        ["run r1 already existed \\(completed\\)", _STAMP + "completed", r"result  \[1,2\]"],
+        ["run r1 already existed \\(completed\\)", _STAMP + "run  completed", r"result  \[1,2\]"],
     )
     await client.start("billing.close", run_id="r2")
     await client.append_events([ended("r2", "failed", error_type="E", message="x")])
@@ -170,9 +173,9 @@ async def test_bad_input_exits_2_with_one_line_naming_input(
     assert (await client.list_runs()).runs == []
 
 
-async def test_a_refused_start_exits_1_with_the_coordinators_reason(address: str) -> None:
+async def test_a_refused_start_exits_2_with_the_coordinators_reason(address: str) -> None:
     result = await start(address, "billing.close", "--run-id", "x" * 300)
-    assert result.code == 1
+    assert result.code == 2
     assert result.err.startswith("ledgerflow: run_id: ")
     assert len(result.err.splitlines()) == 1
 
@@ -184,7 +187,7 @@ async def test_address_comes_from_the_environment(address: str) -> None:
     assert (result.code, result.out) == (0, "run r1 created\n")
 
 
-async def test_unreachable_coordinator_exits_1(dead_address: str) -> None:
+async def test_unreachable_coordinator_exits_2(dead_address: str) -> None:
     result = await start(dead_address, "billing.close")
-    assert result.code == 1
+    assert result.code == 2
     assert result.err.startswith(f"ledgerflow: cannot reach the coordinator at {dead_address}")

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ledgerflow.cli import _ledger, _run, _worker
+from ledgerflow.cli import _dev, _ledger, _run, _worker
 from ledgerflow.cli._common import EXIT_USAGE, CommandError
 from ledgerflow.coordinator import _cli as _coordinator_cli
 from ledgerflow.coordinator import _cli_server
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cli_server.register(commands)
     _run.register(commands)
     _worker.register(commands)
+    _dev.register(commands)
     return parser
 
 

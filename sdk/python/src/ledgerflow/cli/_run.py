@@ -1,10 +1,24 @@
-"""``ledgerflow run ...``: start, inspect and control runs on a running coordinator.
+"""``ledgerflow run ...``: start, follow, inspect and control runs on a running coordinator.
 
 Every command takes ``--address HOST:PORT`` (env ``LEDGERFLOW_ADDRESS``, default
 ``127.0.0.1:7170``) and ``--json`` (one JSON object per line, proto messages in proto
-JSON). Exit status: 0 done, 1 the coordinator refused or could not be reached (one line
-``ledgerflow: <message>``) or, for ``run start --watch``, the run did not complete,
-2 bad input, 130 interrupted.
+JSON).
+
+``watch``, ``start --watch`` and ``result`` follow a run to its end; ``watch`` shows
+it live (see ``_live``: a redrawn rich view on a terminal, a line per change on a
+pipe).
+
+Exit status, the same for every ``run`` command:
+
+- 0: done; for ``watch``, ``result`` and ``start --watch``, the run completed;
+- 1: the run they followed ended without completing: failed (compensated or not),
+  cancelled, timed out or terminated;
+- 2: an error, as one line ``ledgerflow: <message>`` on stderr: bad input, a
+  coordinator that refused (``run X not found``) or could not be reached within 5 s,
+  ``result --timeout`` expired;
+- 130: interrupted (Ctrl-C).
+
+So 1 always means "the run did not succeed" and never "the command went wrong".
 """
 
 from __future__ import annotations
@@ -20,12 +34,30 @@ from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from ledgerflow.cli._common import EXIT_USAGE
+from ledgerflow.cli._live import (
+    EXIT_COMPLETED,
+    EXIT_RUN_DID_NOT_COMPLETE,
+    LineView,
+    enum_name,
+    format_error,
+    format_payload,
+    format_time,
+    make_view,
+    outcome_line,
+    outcome_status,
+    run_status,
+)
 from ledgerflow.client import SyncClient
-from ledgerflow.errors import LedgerflowError, RunNotFoundError
-from ledgerflow.ledger import is_terminal, payload_value
-from ledgerflow.v1 import common_pb2, ledger_pb2
+from ledgerflow.errors import (
+    LedgerflowError,
+    ResultTimeoutError,
+    RunEndedError,
+    RunNotFoundError,
+)
+from ledgerflow.ledger import is_terminal
+from ledgerflow.v1 import ledger_pb2
 
 DEFAULT_ADDRESS = "127.0.0.1:7170"
 """Where the coordinator listens unless ``--address`` or ``LEDGERFLOW_ADDRESS`` say otherwise."""
@@ -33,7 +65,8 @@ DEFAULT_ADDRESS = "127.0.0.1:7170"
 CONNECT_TIMEOUT = 5.0
 """Seconds to wait for the coordinator: a refused connection fails at once, a silent one here."""
 
-EXIT_ERROR = 1
+EXIT_ERROR = EXIT_USAGE
+"""An error: the coordinator refused or was unreachable (as for bad input: one line, 2)."""
 EXIT_INTERRUPTED = 130
 
 _STATUS_CHOICES = [
@@ -75,7 +108,7 @@ def register(commands: Any) -> None:
             "Start a run of WORKFLOW and print its id, or the id of the run a repeated "
             "--run-id or --idempotency-key started before. With --watch, follow the run "
             "as `run watch` does until it ends: exit status 0 when it completed, 1 when "
-            "it failed, was cancelled, timed out or was terminated."
+            "it failed, was cancelled, timed out or was terminated, 2 on an error."
         ),
     )
     cmd.add_argument("workflow", metavar="WORKFLOW", help="the workflow's registered name")
@@ -206,10 +239,14 @@ def register(commands: Any) -> None:
     cmd = sub.add_parser(
         "watch",
         parents=[common],
-        help="follow a run's status until it ends",
+        help="show a run live until it ends; the exit status is its outcome",
         description=(
-            "Print a line whenever the run's status or active step changes (with --json: "
-            "every snapshot), until the run ends."
+            "Show the run until it ends. On a terminal: one screen redrawn live (status, "
+            "steps with state, duration and progress, open waitpoints, compensations, the "
+            "log tail). Otherwise: one line per change, '<time>  <subject>  <what>'. Then "
+            "the outcome: 'result  <JSON>' or '<status>  <error>'. With --json: every "
+            "snapshot. Exit status 0 when the run completed, 1 when it did not, 2 on an "
+            "error."
         ),
     )
     cmd.add_argument("run_id", metavar="RUN_ID")
@@ -222,6 +259,27 @@ def register(commands: Any) -> None:
     )
     cmd.set_defaults(handler=_connected(_watch))
 
+    cmd = sub.add_parser(
+        "result",
+        parents=[common],
+        help="wait for a run to end and print its result",
+        description=(
+            "Wait until the run ends. Completed: print its result as one JSON line, exit 0. "
+            "Otherwise: print '<status>  <error>' on stderr (with --json, an object on "
+            "stdout), exit 1. Errors (unknown run, unreachable coordinator, --timeout "
+            "expired) exit 2."
+        ),
+    )
+    cmd.add_argument("run_id", metavar="RUN_ID")
+    cmd.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="give up after this long (exit 2); default: wait as long as it takes",
+    )
+    cmd.set_defaults(handler=_connected(_result))
+
 
 # --- argument types (argparse turns their errors into one usage line, exit 2) ----------
 
@@ -233,6 +291,16 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 
@@ -301,27 +369,6 @@ def _json(message: Message, **extra: object) -> None:
     _out(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
 
 
-def _time(stamp: Timestamp, *, millis: bool = False) -> str:
-    if not stamp.seconds and not stamp.nanos:
-        return "-"
-    value = stamp.ToDatetime(tzinfo=UTC)
-    if millis:
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
-    return value.strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _payload(payload: common_pb2.Payload, limit: int = 200) -> str:
-    try:
-        text = json.dumps(payload_value(payload), ensure_ascii=False, separators=(",", ":"))
-    except ValueError:
-        return f"<{len(payload.data)} bytes, {payload.encoding or 'no encoding'}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _error(error: common_pb2.ErrorInfo) -> str:
-    return f"{error.type}: {error.message}" if error.type else error.message
-
-
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
     rows = [header, *rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -329,16 +376,12 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
         _out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def _enum_name(enum: Any, value: int, prefix: str) -> str:
-    try:
-        name: str = enum.Name(value)
-    except ValueError:  # a value added to the protos after this CLI was built
-        return str(value)
-    return name.removeprefix(prefix).lower()
-
-
-def _status(status: int) -> str:
-    return _enum_name(ledger_pb2.RunStatus, status, "RUN_STATUS_")
+# Shared with the live view, so a run reads the same everywhere.
+_time = format_time
+_payload = format_payload
+_error = format_error
+_enum_name = enum_name
+_status = run_status
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -513,40 +556,82 @@ def _signal(client: SyncClient, args: argparse.Namespace) -> None:
         _out(f"signal {args.name} sent to run {args.run_id} (seq {response.seq})")
 
 
-class _WatchPrinter:
-    """Prints a run's snapshots as `run watch` does: a line per status or active step change."""
+def _follow(
+    client: SyncClient,
+    run_id: str,
+    *,
+    as_json: bool,
+    first: ledger_pb2.RunSnapshot | None = None,
+    after_seq: int = 0,
+) -> int:
+    """Show a run's snapshots until it ends; return the exit status its outcome gives.
 
-    def __init__(self, *, as_json: bool) -> None:
-        self._as_json = as_json
-        self._shown: tuple[int, str] | None = None
+    Args:
+        client: The connected client.
+        run_id: The run to follow.
+        as_json: Print every snapshot as proto JSON instead of a view.
+        first: A snapshot already in hand (``run start``'s), shown before the stream.
+        after_seq: Skip snapshots up to this seq (``first``'s, when given).
+    """
+    final = first
+    view = LineView() if as_json else make_view()
+    with view:
+        if first is not None and not as_json:
+            view.show(first)
+        if first is None or not is_terminal(first.status):
+            # The handle's watch resumes after a coordinator restart, which a command
+            # that may follow a run for hours should survive.
+            handle = client.get_handle(run_id)
+            with closing(handle.watch(after_seq=after_seq)) as snapshots:
+                for final in snapshots:
+                    if as_json:
+                        _json(final)
+                        sys.stdout.flush()
+                    else:
+                        view.show(final)
+        if final is None:
+            # The run had ended by ``after_seq``: nothing new to show but its outcome.
+            final = client.get_run(run_id)
+        if not as_json:
+            view.finish(final)
+    return outcome_status(final)
 
-    def show(self, snap: ledger_pb2.RunSnapshot) -> None:
-        state = (snap.status, snap.active_step_id)
-        if self._as_json:
-            _json(snap)
-        elif state != self._shown:
-            line = f"{_time(snap.update_time)}  {_status(snap.status)}"
-            if snap.HasField("active_step_id"):
-                line += f"  step {snap.active_step_id}"
-            if is_terminal(snap.status) and snap.HasField("error"):
-                line += f"  {_error(snap.error)}"
-            _out(line)
-        self._shown = state
-        sys.stdout.flush()
+
+def _watch(client: SyncClient, args: argparse.Namespace) -> int:
+    return _follow(client, args.run_id, as_json=args.json, after_seq=args.after)
 
 
-def _watch(client: SyncClient, args: argparse.Namespace) -> None:
-    printer = _WatchPrinter(as_json=args.json)
-    snapshots = client.watch_run(args.run_id, after_seq=args.after)
+def _result(client: SyncClient, args: argparse.Namespace) -> int:
+    handle = client.get_handle(args.run_id)
     try:
-        for snap in snapshots:
-            printer.show(snap)
-            # The coordinator ends the stream after the terminal snapshot; stopping here
-            # too keeps the command from hanging on one that does not.
-            if is_terminal(snap.status):
-                break
-    finally:
-        snapshots.close()
+        value = handle.result(timeout=args.timeout)
+    except ResultTimeoutError:
+        return _fail(f"run {args.run_id} did not end within {args.timeout:g}s")
+    except RunEndedError as err:
+        snap = err.snapshot
+        if args.json:
+            obj: dict[str, object] = {
+                "runId": args.run_id,
+                "status": ledger_pb2.RunStatus.Name(snap.status),
+            }
+            if snap.HasField("error"):
+                obj["error"] = {"type": snap.error.type, "message": snap.error.message}
+            if snap.compensation != ledger_pb2.COMPENSATION_OUTCOME_UNSPECIFIED:
+                obj["compensation"] = ledger_pb2.CompensationOutcome.Name(snap.compensation)
+            _out(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+        else:
+            # Not an error of the command (those exit 2): the run's own outcome, on
+            # stderr so that stdout holds only a result.
+            sys.stderr.write(f"ledgerflow: run {args.run_id} {outcome_line(snap)}\n")
+        return EXIT_RUN_DID_NOT_COMPLETE
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if args.json:
+        _out(
+            f'{{"runId":{json.dumps(args.run_id)},"status":"RUN_STATUS_COMPLETED","result":{text}}}'
+        )
+    else:
+        _out(text)
+    return EXIT_COMPLETED
 
 
 def _start(client: SyncClient, args: argparse.Namespace) -> int:
@@ -569,20 +654,5 @@ def _start(client: SyncClient, args: argparse.Namespace) -> int:
     if not args.watch:
         return 0
     sys.stdout.flush()  # the run id is useful before the run ends
-    printer = _WatchPrinter(as_json=args.json)
-    if not args.json:  # the JSON line above already carries this snapshot
-        printer.show(snap)
-    final = snap
-    if not is_terminal(snap.status):
-        # The handle's watch resumes after a coordinator restart, which a command that
-        # may follow a run for hours should survive; starting after the snapshot just
-        # shown keeps it from being shown twice.
-        handle = client.get_handle(started.run_id)
-        with closing(handle.watch(after_seq=snap.last_seq)) as snapshots:
-            for final in snapshots:
-                printer.show(final)
-    if final.status != ledger_pb2.RUN_STATUS_COMPLETED:
-        return EXIT_ERROR
-    if not args.json and final.HasField("result"):
-        _out(f"result  {_payload(final.result)}")
-    return 0
+    # The JSON line above already carries the first snapshot; watching starts after it.
+    return _follow(client, started.run_id, as_json=args.json, first=snap, after_seq=snap.last_seq)
