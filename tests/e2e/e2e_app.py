@@ -193,3 +193,18 @@ async def polyglot(ctx: workflow.Context, name: str) -> object:
 async def refund(ctx: workflow.Context, amount: float) -> object:
     """A refund reviewed on a worker of kind ``review`` (a person decides the large ones)."""
     return await ctx.step("review", {"amount": amount}, worker_kind="review")
+
+
+@workflow.defn(name="deadlines")
+async def deadlines(ctx: workflow.Context) -> list[str]:
+    """A step no worker serves (schedule-to-start) and one that runs too long (timeout)."""
+    codes = []
+    try:
+        await ctx.step("paint", "wall", worker_kind="painters", schedule_to_start_timeout=0.5)
+    except workflow.StepFailedError as err:
+        codes.append(err.error.code)
+    try:
+        await ctx.step("shout", "slow", worker_kind="upper", timeout=0.3)
+    except workflow.StepFailedError as err:
+        codes.append(err.error.code)
+    return codes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from ledgerflow.worker import NeedsHuman, StepContext, Worker
 from ledgerflow.workflow import Registry
@@ -12,6 +13,8 @@ def upper(text: str, ctx: StepContext) -> str:
     """Shout ``text``; ``boom`` fails."""
     ctx.log.info("upper %s (attempt %d)", text, ctx.attempt)
     ctx.progress(completed=1, total=1, message="shouted")
+    while text == "slow" and not ctx.cancelled:  # until the step's timeout stops it
+        time.sleep(0.01)
     if text == "boom":
         raise ValueError("cannot shout boom")
     return text.upper()

@@ -388,3 +388,21 @@ async def test_a_step_that_needs_a_human_parks_the_run_until_a_signal_decides(
     assert small == {"approved": True, "by": "policy"}
     assert final.steps["review"].status == pb.STEP_STATUS_COMPLETED
     assert not final.open_waitpoints
+
+
+async def test_remote_steps_time_out_unstarted_or_running_too_long(
+    cluster: tuple[str, int], app_dir: Path
+) -> None:
+    _, port = cluster
+    address = f"127.0.0.1:{port}"
+    with worker(app_dir, address), step_worker(app_dir, address):
+        client = await Client.connect(address)
+        try:
+            codes = await (await client.start("deadlines", run_id="dl")).result(timeout=60)
+            snap = await client.get_run("dl")
+        finally:
+            await client.close()
+    assert codes == ["SCHEDULE_TO_START_TIMEOUT", "STEP_TIMEOUT"]
+    assert snap.steps["paint"].status == pb.STEP_STATUS_FAILED
+    assert snap.steps["shout"].status == pb.STEP_STATUS_FAILED
+    assert not snap.open_waitpoints

@@ -191,6 +191,8 @@ def _dispatch_step(
     if pending is not None:
         e.ordinal = pending.ordinal
     outcome = ops._append_one(batch, row, started, retention)
+    # Started: its schedule-to-start deadline no longer applies.
+    wps.resolve_open(batch, row, wps.STEP_START + request.step_id, now=now, retention=retention)
     outcome.value = Dispatched(step=request)
     return outcome
 
@@ -447,7 +449,7 @@ def _check_steps(
 ) -> None:
     """Refuse a wait on a remote step the ledger has not seen scheduled (before any change)."""
     for i, reg in enumerate(registrations):
-        if reg.kind != pb.WAITPOINT_KIND_STEP or reg.name in row.journal.step_results:
+        if reg.waitpoint_id != "step:" + reg.name or reg.name in row.journal.step_results:
             continue
         scheduled = row.journal.pending_steps.get(reg.name)
         if scheduled is None or not scheduled.worker_kind:
@@ -618,7 +620,7 @@ def _schedule_steps(
         if t.kind == sql_tasks.STEP_TASK and t.status != sql_tasks.DONE
     }
     for reg in registrations:
-        if reg.kind != pb.WAITPOINT_KIND_STEP:
+        if reg.kind != pb.WAITPOINT_KIND_STEP or reg.waitpoint_id != "step:" + reg.name:
             continue
         step_id = reg.name
         if step_id in open_steps or step_id in row.journal.step_results:

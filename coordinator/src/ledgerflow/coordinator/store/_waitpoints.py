@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 from ledgerflow.coordinator.store import _append as ops
 from ledgerflow.coordinator.store import _sql_runs as sql_runs
+from ledgerflow.coordinator.store import _sql_tasks as sql_tasks
 from ledgerflow.ledger import LogRetention, is_terminal
 from ledgerflow.ledger._time import set_nanos, to_nanos
 from ledgerflow.v1 import common_pb2, workflow_pb2
@@ -75,8 +76,11 @@ def registered_events(
         e.kind = reg.kind
         e.name = reg.name
         # A remote step's timeout bounds one attempt on its worker (it travels in the
-        # StepRequest), not the wait; and its input is not the ledger's to repeat here.
-        if reg.HasField("timeout") and reg.kind != pb.WAITPOINT_KIND_STEP:
+        # StepRequest), not the wait; its schedule-to-start deadline is a waitpoint of
+        # its own; and its input is not the ledger's to repeat here.
+        if reg.HasField("timeout") and (
+            reg.kind != pb.WAITPOINT_KIND_STEP or reg.waitpoint_id.startswith(STEP_START)
+        ):
             timeout = reg.timeout.seconds * 1_000_000_000 + reg.timeout.nanos
             set_nanos(e.deadline_time, now + timeout)
         if reg.HasField("payload") and reg.kind != pb.WAITPOINT_KIND_STEP:
@@ -139,6 +143,9 @@ def resolve(batch: ops.Batch, row: sql_runs.RunRow, *, now: int, retention: LogR
                 )
                 continue
         if wp.HasField("deadline_time") and to_nanos(wp.deadline_time) <= now:
+            if wp.waitpoint_id.startswith(STEP_START):
+                events += _schedule_to_start_passed(batch, row, wp, now)
+                continue
             events.append(
                 _resolution(
                     row,
@@ -151,6 +158,50 @@ def resolve(batch: ops.Batch, row: sql_runs.RunRow, *, now: int, retention: LogR
     if events:
         batch.fold(row, events, retention)
     return bool(events)
+
+
+STEP_START = "step-start:"
+"""Waitpoint id prefix of a remote step's schedule-to-start deadline."""
+
+
+def _schedule_to_start_passed(
+    batch: ops.Batch, row: sql_runs.RunRow, wp: pb.WaitpointSnapshot, now: int
+) -> list[pb.LedgerEvent]:
+    """A remote step's schedule-to-start deadline passed: fail it if no worker took it.
+
+    A step already started just closes the waitpoint. One still scheduled fails with
+    ``TimeoutError`` (code ``SCHEDULE_TO_START_TIMEOUT``), its task is withdrawn, and
+    the body's wait on it is resolved with the error.
+    """
+    step_id = wp.name
+    pending = row.journal.pending_steps.get(step_id)
+    started = pending is None or pending.status != pb.STEP_STATUS_SCHEDULED
+    live = pb.WAITPOINT_RESOLUTION_SOURCE_LIVE
+    events = [_resolution(row, wp, now, source=live, timed_out=not started)]
+    if started or step_id in row.journal.step_results:
+        return events
+    error = common_pb2.ErrorInfo(
+        type="TimeoutError",
+        message=f"no worker started step {step_id!r} before its schedule-to-start timeout",
+        code="SCHEDULE_TO_START_TIMEOUT",
+    )
+    failed = ops._new_event(row.run_id, pb.EVENT_SOURCE_COORDINATOR, now)
+    failed.step_failed.step_id = step_id
+    failed.step_failed.kind = "remote"
+    failed.step_failed.attempt = pending.attempt if pending is not None else 1
+    failed.step_failed.error.CopyFrom(error)
+    events.append(failed)
+    for other in row.snapshot.open_waitpoints:
+        if other.waitpoint_id == "step:" + step_id:
+            resolved = _resolution(row, other, now, source=live)
+            resolved.waitpoint_resolved.error.CopyFrom(error)
+            events.append(resolved)
+    for task in batch.tasks_of(row.run_id):
+        if task.step_id == step_id and task.status != sql_tasks.DONE:
+            task.status = sql_tasks.DONE
+            task.lease_expire_time = task.worker_id = task.session_id = None
+            batch.save_task(task)
+    return events
 
 
 def resolve_open(

@@ -47,6 +47,10 @@ class NeedsHuman(Exception):  # noqa: N818 (an outcome, not an error)
         self.summary = summary
 
 
+class StepTimeoutError(TimeoutError):
+    """The handler ran past the step's start-to-close timeout (code ``STEP_TIMEOUT``)."""
+
+
 class StepCancelledError(Exception):
     """The run was cancelled while its step ran here (the step fails with this type)."""
 
@@ -171,13 +175,18 @@ async def run_step(
         call = _call(handler, value, ctx)
         runner = asyncio.ensure_future(call)
         waiter = asyncio.ensure_future(cancelled.wait())
+        limit = request.timeout.ToNanoseconds() / 1e9 if request.HasField("timeout") else None
         try:
-            await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {runner, waiter}, timeout=limit or None, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             waiter.cancel()
         if not runner.done():
             ctx._cancelled.set()
             runner.cancel()
+            if not cancelled.is_set():
+                raise StepTimeoutError(f"the step ran past its {limit:g} s timeout")
             raise StepCancelledError("the run was cancelled")
         output = runner.result()
         result.outcome = step_pb2.STEP_OUTCOME_COMPLETED
@@ -189,6 +198,8 @@ async def run_step(
     except Exception as exc:  # the step failed: that is its result, not the worker's problem
         result.outcome = step_pb2.STEP_OUTCOME_FAILED
         result.error.CopyFrom(error_info(exc))
+        if isinstance(exc, StepTimeoutError):
+            result.error.code = "STEP_TIMEOUT"
     set_nanos(result.finish_time, time.time_ns())
     await outbox.flush()
     return result

@@ -290,6 +290,7 @@ class WorkflowContext:
         compensate: Callable[[Any], object] | None = None,
         timeout: float | timedelta | None = None,
         result_type: Any = None,
+        schedule_to_start_timeout: float | timedelta | None = None,
     ) -> Awaitable[Any]: ...
     # mypy cannot match a TypeVarTuple ``*args`` of the overloads against ``*args: Any``.
     def step(  # type: ignore[misc]
@@ -303,6 +304,7 @@ class WorkflowContext:
         timeout: float | timedelta | None = None,
         worker_kind: str | None = None,
         result_type: Any = None,
+        schedule_to_start_timeout: float | timedelta | None = None,
     ) -> Awaitable[Any]:
         """Run ``fn(*args)`` as a durable step, or return its journaled result on replay.
 
@@ -336,6 +338,9 @@ class WorkflowContext:
                 the step's input).
             result_type: With ``worker_kind``: decode the output as this type (None
                 returns the JSON value).
+            schedule_to_start_timeout: With ``worker_kind``: fail the step (a
+                ``TimeoutError``, code ``SCHEDULE_TO_START_TIMEOUT``) if no worker of
+                that kind starts it within this long.
 
         Returns:
             An awaitable of the step's output.
@@ -358,7 +363,14 @@ class WorkflowContext:
                 raise InvalidArgumentError(
                     "retry", "not supported yet for a step on another worker"
                 )
-            return self._ex._remote_step(name, fn, worker_kind, compensate, seconds, result_type)
+            to_start = (
+                _seconds(schedule_to_start_timeout)
+                if schedule_to_start_timeout is not None
+                else None
+            )
+            return self._ex._remote_step(
+                name, fn, worker_kind, compensate, seconds, result_type, to_start
+            )
         return self._ex._step(name, fn, args, compensate, retry, seconds)
 
     def run_command(

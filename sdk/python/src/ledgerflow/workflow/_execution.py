@@ -536,13 +536,16 @@ class WorkflowExecution:
         compensate: Callable[[Any], object] | None,
         timeout: float | None,
         hint: Any,
+        schedule_to_start: float | None = None,
     ) -> Coroutine[Any, Any, Any]:
         self._check_body_call("ctx.step()")
         self._raise_if_stopped()
         check_id(worker_kind, "worker_kind")
         payload = encode(step_input)
         claim = self._claim(name)
-        return self._run_remote(claim, payload, worker_kind, compensate, timeout, hint)
+        return self._run_remote(
+            claim, payload, worker_kind, compensate, timeout, hint, schedule_to_start
+        )
 
     async def _run_remote(
         self,
@@ -552,6 +555,7 @@ class WorkflowExecution:
         compensate: Callable[[Any], object] | None,
         seconds: float | None,
         hint: Any,
+        schedule_to_start: float | None,
     ) -> Any:
         """A step on another worker: replay its result, or schedule it and wait (no slot)."""
         if claim.result is not None:
@@ -572,6 +576,11 @@ class WorkflowExecution:
                 worker_kind=worker_kind,
                 step_input=payload,
             )
+            e = scheduled.step_scheduled
+            if seconds is not None:
+                set_duration_nanos(e.start_to_close_timeout, int(seconds * 1e9))
+            if schedule_to_start is not None:
+                set_duration_nanos(e.schedule_to_start_timeout, int(schedule_to_start * 1e9))
             prefix = claim.prefix
             self._outbox.post([*self._held_events(prefix), scheduled] if prefix else [scheduled])
         registration = workflow_pb2.WaitpointRegistration(
@@ -583,6 +592,16 @@ class WorkflowExecution:
         if seconds is not None:
             set_duration_nanos(registration.timeout, int(seconds * 1e9))
         self._waitpoints.append(registration)
+        if schedule_to_start is not None and claim.pending is None:
+            # Its own waitpoint: the coordinator fails the step if no worker starts it
+            # by then (registered once; a replay finds it open or resolved).
+            deadline = workflow_pb2.WaitpointRegistration(
+                waitpoint_id=f"step-start:{claim.step_id}",
+                kind=pb.WAITPOINT_KIND_STEP,
+                name=claim.step_id,
+            )
+            set_duration_nanos(deadline.timeout, int(schedule_to_start * 1e9))
+            self._waitpoints.append(deadline)
         raise self._deliver(WaitpointPendingSignal(registration.waitpoint_id))
 
     def _run_command(
