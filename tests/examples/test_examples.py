@@ -10,8 +10,10 @@ read back from the coordinator: snapshot, ledger events, logs.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -237,3 +239,179 @@ async def test_command_pipeline_streams_both_channels_checkpoints_and_returns_th
         "stage_2.py",
     ]
     assert list((workdir / "__pycache__").glob("stage_0.*.pyc"))
+
+
+# --- approval --------------------------------------------------------------------------------
+
+
+async def waitpoint_resolutions(client: Client, run_id: str) -> list[pb.WaitpointResolved]:
+    """The run's ``waitpoint_resolved`` events, in ledger order."""
+    return [
+        e.waitpoint_resolved
+        async for e in client.iter_events(run_id)
+        if e.HasField("waitpoint_resolved")
+    ]
+
+
+async def test_approval_approved_publishes_after_a_durable_sleep_between_attempts(
+    address: str, client: Client
+) -> None:
+    with example_worker("examples.approval", address):
+        code, lines, err = await starter(
+            "examples.approval",
+            "--address",
+            address,
+            "--report-id",
+            "r1",
+            "--approve-after",
+            "0",
+            "--retry-delay",
+            "0.1",
+        )
+    assert code == 0, err
+    assert lines[0] == "run approval-r1 created"
+    assert lines[-1] == (
+        'result  {"report_id":"r1","url":"https://reports.example/r1/'
+        + hashlib.sha256(b"r1:Quarterly ledger report").hexdigest()[:12]
+        + '","approved_by":"ana","attempts":2}'
+    )
+    snap = await client.get_run("approval-r1")
+    assert snap.status == pb.RUN_STATUS_COMPLETED
+    # Each publish attempt is its own step; the first failed as the input asked.
+    assert list(snap.ordered_step_ids) == ["build_report", "publish", "publish#2"]
+    assert snap.steps["publish"].status == pb.STEP_STATUS_FAILED
+    assert snap.steps["publish"].error.type == "PublishUnavailableError"
+    assert snap.steps["publish#2"].status == pb.STEP_STATUS_COMPLETED
+    assert not snap.open_waitpoints
+
+    # The ledger: the approval signal resolved the wait, then the timer between attempts.
+    resolved = await waitpoint_resolutions(client, "approval-r1")
+    assert [(r.waitpoint_id.split("#")[0], r.kind) for r in resolved] == [
+        ("signal:approve", pb.WAITPOINT_KIND_SIGNAL),
+        ("sleep", pb.WAITPOINT_KIND_TIMER),
+    ]
+    signal_wait, sleep_wait = resolved
+    assert payload_value(signal_wait.payload) == {"approved": True, "by": "ana"}
+    assert not signal_wait.timed_out
+    assert re.fullmatch(r"sleep#\d+", sleep_wait.waitpoint_id), sleep_wait.waitpoint_id
+
+    texts = [line.text async for line in client.tail_logs("approval-r1")]
+    assert "[info] approved by ana" in texts
+    assert any(t.endswith("publish attempt 1 failed; retrying in 0.1s") for t in texts), texts
+    assert any(t.startswith("[info] published https://reports.example/r1/") for t in texts)
+
+
+async def test_approval_without_a_decision_expires_and_withdraws_the_draft(
+    address: str, client: Client
+) -> None:
+    with example_worker("examples.approval", address):
+        code, lines, err = await starter(
+            "examples.approval", "--address", address, "--report-id", "r2", "--timeout", "0.5"
+        )
+    assert code == 1, err  # not published: the run's outcome, not an error
+    assert err == ""
+    assert lines[-1] == (
+        "failed  ApprovalExpiredError: no decision on r2 within 0.5s  (compensated)"
+    ), lines[-1]
+    snap = await client.get_run("approval-r2")
+    assert snap.status == pb.RUN_STATUS_FAILED
+    assert snap.error.type == "ApprovalExpiredError"
+    assert list(snap.ordered_step_ids) == ["build_report"]  # nothing was published
+    assert [(c.step_id, c.status) for c in snap.compensations] == [
+        ("build_report", pb.COMPENSATION_STATUS_COMPLETED)
+    ]
+    resolved = await waitpoint_resolutions(client, "approval-r2")
+    assert [(r.waitpoint_id, r.timed_out) for r in resolved] == [("signal:approve#1", True)]
+    texts = [line.text async for line in client.tail_logs("approval-r2")]
+    assert "[info] withdrew draft r2" in texts
+
+
+async def test_approval_rejected_ends_the_run_without_publishing(
+    address: str, client: Client
+) -> None:
+    with example_worker("examples.approval", address):
+        code, lines, err = await starter(
+            "examples.approval", "--address", address, "--report-id", "r3", "--reject"
+        )
+    assert code == 1, err
+    assert lines[-1] == "failed  ApprovalRejectedError: ana rejected r3  (compensated)", lines[-1]
+    snap = await client.get_run("approval-r3")
+    assert list(snap.ordered_step_ids) == ["build_report"]
+    assert snap.compensation == pb.COMPENSATION_OUTCOME_COMPENSATED
+
+
+# --- polyglot --------------------------------------------------------------------------------
+
+TS_SDK = ROOT / "sdk" / "typescript"
+NODE = shutil.which("node") or "node"
+
+
+@contextmanager
+def typescript_worker(address: str) -> Iterator[subprocess.Popen[str]]:
+    """Run ``examples/polyglot/worker.ts`` as its docs say: Node with tsx, from the TS SDK."""
+    proc = subprocess.Popen(
+        [NODE, "--import", "tsx", "../../examples/polyglot/worker.ts"],
+        cwd=TS_SDK,
+        env={**os.environ, "LEDGERFLOW_ADDRESS": address},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        # EOF (a crashed worker) returns "" here, so this cannot hang on a dead process.
+        assert proc.stdout.readline().strip() == "polyglot worker ready"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+async def test_polyglot_runs_its_step_on_the_typescript_worker(
+    address: str, client: Client
+) -> None:
+    with example_worker("examples.polyglot", address), typescript_worker(address):
+        code, lines, err = await starter(
+            "examples.polyglot",
+            "--address",
+            address,
+            "--run-id",
+            "poly-1",
+            "--version",
+            "2.1.0",
+            "--change",
+            "timers",
+            "--change",
+            "signals",
+        )
+    assert code == 0, err
+    assert lines[0] == "run poly-1 created"
+    snap = await client.get_run("poly-1")
+    assert snap.status == pb.RUN_STATUS_COMPLETED
+    result = payload_value(snap.result)
+    markdown = "# Release 2.1.0\n\n- timers\n- signals\n"
+    assert result["markdown"] == markdown
+    assert result["sha256"] == hashlib.sha256(markdown.encode()).hexdigest()
+    assert result["rendered_by"].startswith("typescript (node v")
+
+    step = snap.steps["render_notes"]
+    assert (step.status, step.worker_kind) == (pb.STEP_STATUS_COMPLETED, "polyglot-ts")
+    assert (step.progress.completed, step.progress.total) == (2, 2)
+    logs = [(line.channel, line.text) async for line in client.tail_logs("poly-1")]
+    ts_lines = [text for channel, text in logs if channel == "step:render_notes:log"]
+    assert ts_lines[0] == "rendering 2 changes for 2.1.0"
+    assert ts_lines[1].startswith(f"rendered {len(markdown)} bytes, sha256 ")
+    assert ("workflow", "[info] asking typescript to render 2 changes") in logs
+
+
+def test_polyglot_worker_type_checks() -> None:
+    tsc = TS_SDK / "node_modules" / ".bin" / "tsc"
+    done = subprocess.run(
+        [str(tsc), "--noEmit", "-p", "examples/polyglot"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
