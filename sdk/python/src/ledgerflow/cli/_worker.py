@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -114,11 +115,17 @@ def _worker(args: argparse.Namespace) -> int:
     except LedgerflowError as err:
         sys.stderr.write(f"ledgerflow: {err}\n")
         status = EXIT_REFUSED
-    stuck = [
+    others = [
         t
         for t in threading.enumerate()
         if t is not threading.main_thread() and not t.daemon and t.is_alive()
     ]
+    # Closing the loop shut its executor down: idle threads leave within moments;
+    # only a sync step still running stays.
+    deadline = time.monotonic() + 0.5
+    for thread in others:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    stuck = [t for t in others if t.is_alive()]
     if stuck:
         # A sync step function cannot be interrupted, and interpreter exit would join its
         # thread: leave without waiting (its task was handed back or its lease expires).
