@@ -71,7 +71,8 @@ use up the retry policy (a crash is not the step's failure; the snapshot keeps
 showing it as attempt n). The price: a step that crashes its worker every time is
 run again by every new worker; only the lease's redelivery bounds it. A step
 pending with ``will_retry`` runs its next attempt once ``next_attempt_time`` has
-passed. Backoff is an in-process sleep (durable timers come with waitpoints).
+passed. Backoff is an in-process sleep that holds the task (for long waits between
+attempts, catch the failure and ``ctx.sleep``: a durable timer holds nothing).
 
 Exactly-once for what the body emits
 ------------------------------------
