@@ -4,6 +4,10 @@ Servicers raise :mod:`ledgerflow.errors` exceptions where a condition is found;
 :class:`DomainErrorInterceptor` aborts the call with the mapped status and the
 error's message (which names the offending field), for unary and streaming
 handlers alike. Anything else propagates and gRPC reports it as UNKNOWN.
+
+A request that does not parse (invalid UTF-8 in a string, corrupt framing, nesting
+past the parser's depth limit) is the client's fault, so it is answered with
+INVALID_ARGUMENT too: gRPC's own deserialization failure would report UNKNOWN.
 """
 
 from __future__ import annotations
@@ -12,8 +16,31 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from ledgerflow.errors import STATUS_CODE_NAMES, LedgerflowError
+from ledgerflow.errors import STATUS_CODE_NAMES, InvalidArgumentError, LedgerflowError
+
+
+class _Undecodable:
+    """Stands in for a request that failed to parse; the handler refuses it."""
+
+    def __init__(self, err: DecodeError) -> None:
+        # upb's message already names the type: "Error parsing message with type ...: why".
+        self.error = InvalidArgumentError("request", f"cannot be parsed ({err})")
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    inner = deserializer
+
+    def parse(data: bytes) -> Any:
+        try:
+            return inner(data)
+        except DecodeError as err:
+            return _Undecodable(err)
+
+    return parse
 
 
 def status_code_for(err: LedgerflowError) -> grpc.StatusCode:
@@ -28,6 +55,8 @@ def status_code_for(err: LedgerflowError) -> grpc.StatusCode:
 def _unary(inner: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(request: Any, context: Any) -> Any:
         try:
+            if isinstance(request, _Undecodable):
+                raise request.error
             return await inner(request, context)
         except LedgerflowError as err:
             await context.abort(status_code_for(err), str(err))
@@ -40,6 +69,8 @@ def _stream(
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def handler(request: Any, context: Any) -> AsyncIterator[Any]:
         try:
+            if isinstance(request, _Undecodable):
+                raise request.error
             async for item in inner(request, context):
                 yield item
         except LedgerflowError as err:
@@ -65,7 +96,7 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -73,7 +104,7 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
                 # grpc.aio servicers' stream methods are async generators; the
                 # stubs type the handler for the sync server.
                 _stream(cast(Callable[[Any, Any], AsyncIterator[Any]], handler.unary_stream)),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler

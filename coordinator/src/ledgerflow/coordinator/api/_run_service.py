@@ -9,10 +9,12 @@ touches SQL.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledgerflow.coordinator.api._tokens import PageTokens
 from ledgerflow.coordinator.fanout import Hub
@@ -20,6 +22,7 @@ from ledgerflow.coordinator.store import RunFilter, StartRunSpec, Store
 from ledgerflow.errors import InvalidArgumentError, PayloadTooLargeError
 from ledgerflow.ledger import JSON_ENCODING, check_id, is_terminal, validate_event
 from ledgerflow.ledger._time import to_nanos
+from ledgerflow.ledger._validate import MAX_INT64, check_field_ranges
 from ledgerflow.v1 import common_pb2, run_service_pb2_grpc
 from ledgerflow.v1 import ledger_pb2 as pb
 from ledgerflow.v1 import run_service_pb2 as rpb
@@ -95,17 +98,30 @@ def summary_of(snap: pb.RunSnapshot) -> rpb.RunSummary:
     return out
 
 
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _bound_nanos(ts: Timestamp) -> int:
+    # Run times are int64 nanoseconds; a bound past them (a valid Timestamp after
+    # 2262) selects the same runs as the int64 extreme and must not overflow the query.
+    return max(-MAX_INT64 - 1, min(MAX_INT64, to_nanos(ts)))
+
+
 def _filter_of(flt: rpb.RunFilter) -> RunFilter:
     for i, status in enumerate(flt.statuses):
         if status not in pb.RunStatus.values() or status == pb.RUN_STATUS_UNSPECIFIED:
             raise InvalidArgumentError(f"filter.statuses[{i}]", f"unknown run status {status}")
     if flt.workflow_name:
         check_id(flt.workflow_name, "filter.workflow_name")
+    check_field_ranges(flt, "filter")
     return RunFilter(
         statuses=tuple(sorted(set(flt.statuses))),
         workflow_name=flt.workflow_name,
-        created_after=to_nanos(flt.created_after) if flt.HasField("created_after") else None,
-        created_before=to_nanos(flt.created_before) if flt.HasField("created_before") else None,
+        created_after=_bound_nanos(flt.created_after) if flt.HasField("created_after") else None,
+        created_before=(
+            _bound_nanos(flt.created_before) if flt.HasField("created_before") else None
+        ),
     )
 
 
@@ -147,9 +163,20 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             )
         if payload.encoding in ("", JSON_ENCODING) and payload.data:
             try:
-                json.loads(payload.data)
+                json.loads(payload.data, parse_constant=_reject_constant)
             except ValueError as err:
                 raise InvalidArgumentError(field, f"is not valid JSON ({err})") from err
+            except RecursionError as err:
+                raise InvalidArgumentError(field, "is JSON nested too deeply") from err
+
+    def _check_text(self, value: str, field: str) -> None:
+        """Refuse free text (reasons, identities) larger than a payload may be."""
+        if len(value) * 4 > self._limits.max_payload_bytes:  # cheap bound before encoding
+            size = len(value.encode())
+            if size > self._limits.max_payload_bytes:
+                raise PayloadTooLargeError(
+                    f"{field}: {size} bytes exceeds the limit of {self._limits.max_payload_bytes}"
+                )
 
     def _page_size(self, value: int, default: int) -> int:
         if value < 0 or value > self._limits.max_page_size:
@@ -178,6 +205,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             check_id(request.idempotency_key, "idempotency_key")
         for i, tag in enumerate(request.tags):
             check_id(tag, f"tags[{i}]")
+        self._check_text(request.workflow_version, "workflow_version")
         if request.HasField("input"):
             self._check_payload(request.input, "input")
         if request.HasField("execution_timeout") and (
@@ -186,6 +214,14 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             or request.execution_timeout.ToNanoseconds() == 0
         ):
             raise InvalidArgumentError("execution_timeout", "must be positive")
+        # The deadline (now + timeout) is kept as int64 nanoseconds.
+        if (
+            request.HasField("execution_timeout")
+            and request.execution_timeout.ToNanoseconds() > MAX_INT64 - time.time_ns()
+        ):
+            raise InvalidArgumentError(
+                "execution_timeout", "is too long: the deadline must fall before the year 2262"
+            )
         snapshot, created = await self._store.start_run(
             StartRunSpec(
                 workflow_name=request.workflow_name,
@@ -240,6 +276,8 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     ) -> rpb.CancelRunResponse:
         """Record a cancellation request."""
         check_id(request.run_id, "run_id")
+        self._check_text(request.reason, "reason")
+        self._check_text(request.identity, "identity")
         seq, already = await self._store.cancel_run(
             request.run_id, reason=request.reason, identity=request.identity
         )
@@ -257,6 +295,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             check_id(request.request_id, "request_id")
         if request.HasField("payload"):
             self._check_payload(request.payload, "payload")
+        self._check_text(request.identity, "identity")
         seq, duplicate = await self._store.signal_run(
             request.run_id,
             name=request.signal_name,
@@ -312,6 +351,16 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             self._check_payload(patch.result, "patch.result")
         if patch.HasField("live_logs_channel_offset") and patch.live_logs_channel_offset < 0:
             raise InvalidArgumentError("patch.live_logs_channel_offset", "must not be negative")
+        if patch.live_logs_channel_offset > MAX_INT64 - len(patch.live_logs):
+            raise InvalidArgumentError(
+                "patch.live_logs_channel_offset", "plus the number of lines overflows int64"
+            )
+        for i, line in enumerate(patch.live_logs):
+            if "\x00" in line:
+                raise InvalidArgumentError(
+                    f"patch.live_logs[{i}]", "must not contain a NUL character"
+                )
+        check_field_ranges(patch, "patch")
         if patch.ByteSize() > self._limits.max_payload_bytes:
             raise PayloadTooLargeError(
                 f"patch: {patch.ByteSize()} bytes exceeds the limit of "

@@ -433,11 +433,15 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             wpb.TASK_REJECT_REASON_UNKNOWN_TASK,
             wpb.TASK_REJECT_REASON_RUN_FINISHED,
         ):
-            self._forget(session, task_id)
+            self._forget(session, task_id, epoch)
         session.reject(task_id, epoch, reason, str(err), batch_no)
 
-    def _forget(self, session: Session, task_id: str) -> None:
-        if session.held.pop(task_id, None) is not None:
+    def _forget(self, session: Session, task_id: str, epoch: int) -> None:
+        # Only the epoch held: a stale or forged message about the task (another
+        # epoch) must not drop the lease this session really holds.
+        held = session.held.get(task_id)
+        if held is not None and held.epoch == epoch:
+            del session.held[task_id]
             self._dispatcher.wake()
 
     async def _on_result(self, session: Session, result: workflow_pb2.WorkflowTaskResult) -> None:
@@ -469,7 +473,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         except LedgerflowError as err:
             self._refused(session, result.task_id, result.lease_epoch, err)
             return
-        self._forget(session, result.task_id)
+        self._forget(session, result.task_id, result.lease_epoch)
         session.send(
             wpb.ConnectResponse(
                 task_result_ack=wpb.TaskResultAck(
@@ -489,7 +493,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             await self._store.release_task(
                 run_id, release.task_id, release.lease_epoch, failed=release.failed
             )
-        self._forget(session, release.task_id)
+        self._forget(session, release.task_id, release.lease_epoch)
 
     async def _on_heartbeat(self, session: Session, heartbeat: wpb.Heartbeat) -> None:
         known: list[tuple[str, str, int]] = []
@@ -514,7 +518,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         ack = wpb.HeartbeatAck()
         for state in states:
             if not state.live:
-                self._forget(session, state.task_id)
+                self._forget(session, state.task_id, state.epoch)
                 session.reject(
                     state.task_id,
                     state.epoch,

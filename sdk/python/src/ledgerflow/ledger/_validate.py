@@ -19,6 +19,9 @@ from ledgerflow.v1 import ledger_pb2 as pb
 MAX_ID_LENGTH = 255
 """The longest run, step, waitpoint or signal id accepted, in characters."""
 
+MAX_INT64 = 2**63 - 1
+"""The largest seq, offset or count a ledger can hold (they are stored as BIGINT)."""
+
 _TIMESTAMP = "google.protobuf.Timestamp"
 _DURATION = "google.protobuf.Duration"
 _MAX_SECONDS = 253_402_300_799
@@ -43,17 +46,20 @@ _REQUIRED_IDS: dict[str, str] = {
 
 
 def check_id(value: str, field: str) -> None:
-    """Check that ``value`` is a usable id: non-empty, not blank, at most 255 characters.
+    """Check that ``value`` is a usable id: non-empty, not blank, at most 255 characters, no NUL.
 
     Args:
         value: The id.
         field: The field's name for the error message.
 
     Raises:
-        InvalidEventError: If the id is empty, blank or too long.
+        InvalidEventError: If the id is empty, blank, too long or holds a NUL character.
     """
     if not value.strip():
         raise InvalidEventError(field, "must be a non-empty string")
+    # Postgres text cannot hold NUL: refused here rather than failing the commit.
+    if "\x00" in value:
+        raise InvalidEventError(field, "must not contain a NUL character")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidEventError(
             field, f"is {len(value)} characters long; the limit is {MAX_ID_LENGTH}"
@@ -86,6 +92,18 @@ def validate_event(event: pb.LedgerEvent) -> None:
         log = event.log_appended
         if log.HasField("channel_offset") and log.channel_offset < 0:
             raise InvalidEventError("log_appended.channel_offset", "must not be negative")
+        if log.HasField("channel_offset") and log.channel_offset > MAX_INT64 - len(log.lines):
+            raise InvalidEventError(
+                "log_appended.channel_offset", "plus the number of lines overflows int64"
+            )
+        # Lines and channels are stored as text, which cannot hold NUL (Postgres).
+        if "\x00" in log.channel:
+            raise InvalidEventError("log_appended.channel", "must not contain a NUL character")
+        for i, line in enumerate(log.lines):
+            if "\x00" in line:
+                raise InvalidEventError(
+                    f"log_appended.lines[{i}]", "must not contain a NUL character"
+                )
         if log.HasField("first_seq") and log.first_seq < 1:
             raise InvalidEventError("log_appended.first_seq", "must be at least 1")
         if log.dropped_line_count < 0:
@@ -101,6 +119,21 @@ def validate_event(event: pb.LedgerEvent) -> None:
         getattr(payload, "attempt") < 0  # noqa: B009 - the case picks the message type
     ):
         raise InvalidEventError(f"{case}.attempt", "must not be negative")
+
+
+def check_field_ranges(msg: Message, path: str) -> None:
+    """Check every set enum value and Timestamp/Duration range in ``msg``, at any depth.
+
+    For request messages that are not ledger events but turn into them (a status patch).
+
+    Args:
+        msg: The message.
+        path: The message's field path, prefixed to the offending field's name.
+
+    Raises:
+        InvalidEventError: A field holds an unknown enum value or an out-of-range time.
+    """
+    _check_message(msg, path)
 
 
 # What _check_message does with a set field, decided once per field descriptor:
