@@ -5,9 +5,11 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ledgerflow.errors import InvalidEventError
 from ledgerflow.ledger import (
     BLANK_LINE_PLACEHOLDER,
     LogRetention,
@@ -17,7 +19,9 @@ from ledgerflow.ledger import (
     ingest_log_batch,
     reduce_events,
     slice_positional_log_lines,
+    validate_event,
 )
+from ledgerflow.ledger._logs import without_nul
 from ledgerflow.v1 import ledger_pb2 as pb
 from tests.ledger.builders import ev
 
@@ -176,3 +180,13 @@ def test_slicing_never_returns_a_line_twice(emitted: int, capacity: int, sends: 
         seen.extend(numbers)
         sent = piece.channel_offset + len(piece.lines)
     assert seen == sorted(set(seen))
+
+
+def test_a_producer_replaces_nul_in_place_so_the_coordinator_takes_the_line() -> None:
+    lines = without_nul(["a\x00b", "c"])
+    assert lines == ["a\ufffdb", "c"]
+    (event,) = build_log_events("r", lines, event_time_nanos=5, channel_offset=0)
+    validate_event(event)
+    (raw,) = build_log_events("r", ["a\x00b"], event_time_nanos=5, channel_offset=0)
+    with pytest.raises(InvalidEventError, match=r"lines\[0\]"):
+        validate_event(raw)

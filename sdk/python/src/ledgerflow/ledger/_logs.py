@@ -78,6 +78,16 @@ def normalize_log_lines(lines: Sequence[str], *, positional: bool) -> list[str]:
     return [t for t in (js_trim(line) for line in lines) if t]
 
 
+def without_nul(lines: Sequence[str]) -> list[str]:
+    """Return ``lines`` with each NUL replaced by U+FFFD, positions unchanged.
+
+    Postgres text cannot hold NUL and the coordinator refuses a line with one, so
+    producers of raw output (a subprocess, a step's logs) pass their lines through
+    this first.
+    """
+    return [line.replace("\x00", "\ufffd") for line in lines]
+
+
 def build_log_events(
     run_id: str,
     lines: Sequence[str],

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ledgerflow.ledger import build_log_events
+from ledgerflow.ledger._logs import without_nul
 from ledgerflow.ledger._time import set_nanos
 from ledgerflow.v1 import ledger_pb2 as pb
 from ledgerflow.v1 import step_pb2
@@ -127,7 +128,7 @@ class StepContext:
         self._post([event])
 
     def _log(self, level: str, message: str) -> None:
-        lines = [f"[{level}] {line}" for line in (message.splitlines() or [""])]
+        lines = without_nul([f"[{level}] {line}" for line in (message.splitlines() or [""])])
         with self._lock:  # offsets follow the order lines are posted in
             offset = self._lines
             self._lines += len(lines)

@@ -46,6 +46,7 @@ from typing import Any, Literal, Protocol
 
 from ledgerflow.errors import LedgerflowError
 from ledgerflow.ledger import build_log_events, json_payload
+from ledgerflow.ledger._logs import without_nul
 from ledgerflow.v1 import common_pb2
 from ledgerflow.v1 import ledger_pb2 as pb
 from ledgerflow.workflow._convert import to_jsonable
@@ -311,7 +312,7 @@ class _LogPump:
         for stream, lines in runs:
             events += build_log_events(
                 self._host.run_id,
-                lines,
+                without_nul(lines),
                 event_time_nanos=now,
                 channel=self._channels[stream],
                 channel_offset=self._offsets[stream],

@@ -158,6 +158,7 @@ from ledgerflow.ledger import (
     build_log_events,
     check_id,
 )
+from ledgerflow.ledger._logs import without_nul
 from ledgerflow.ledger._time import set_duration_nanos, to_nanos
 from ledgerflow.v1 import common_pb2, journal_pb2, run_service_pb2, workflow_pb2
 from ledgerflow.v1 import ledger_pb2 as pb
@@ -1044,7 +1045,7 @@ class WorkflowExecution:
     # -- what the body emits ---------------------------------------------------------------
 
     def _log(self, level: str, message: str, *, body: bool = False) -> None:
-        lines = [f"[{level}] {line}" for line in (message.splitlines() or [""])]
+        lines = without_nul([f"[{level}] {line}" for line in (message.splitlines() or [""])])
         scope = None if body else self._scope()
         if scope is not None:
             channel = f"{scope.kind}:{scope.step_id}"
