@@ -126,6 +126,7 @@ if [[ -n ${LEDGERFLOW_BREAKING_AGAINST:-} ]]; then
   "$buf" breaking --against "$LEDGERFLOW_BREAKING_AGAINST"
 elif git rev-parse -q --verify HEAD >/dev/null 2>&1; then
   checked=0
+  history=$(($(git rev-list --count HEAD) + 1))
   while read -r commit; do
     if ! git rev-parse -q --verify "$commit^" >/dev/null 2>&1; then
       continue # the root commit, or the edge of a shallow clone
@@ -137,7 +138,8 @@ elif git rev-parse -q --verify HEAD >/dev/null 2>&1; then
     if ! git cat-file -e "$commit^:proto" 2>/dev/null; then
       continue # the parent had no contracts yet
     fi
-    "$buf" breaking ".git#ref=$commit" --against ".git#ref=$commit^" ||
+    # buf clones a git input 50 commits deep unless told: old commits need the whole history.
+    "$buf" breaking ".git#ref=$commit,depth=$history" --against ".git#ref=$commit^,depth=$history" ||
       die "commit ${commit:0:12} breaks the contracts of its parent"
     checked=$((checked + 1))
   done < <(git rev-list --first-parent --max-count=50 HEAD -- proto)
