@@ -27,6 +27,10 @@ _ENV = {
     "shutdown_grace": "LEDGERFLOW_SHUTDOWN_GRACE",
     "lease_seconds": "LEDGERFLOW_LEASE_SECONDS",
     "heartbeat_seconds": "LEDGERFLOW_HEARTBEAT_SECONDS",
+    "auth_tokens": "LEDGERFLOW_AUTH_TOKENS",
+    "tls_cert": "LEDGERFLOW_TLS_CERT",
+    "tls_key": "LEDGERFLOW_TLS_KEY",
+    "tls_client_ca": "LEDGERFLOW_TLS_CLIENT_CA",
 }
 
 
@@ -86,6 +90,27 @@ def register(commands: Any) -> None:
         metavar="SECONDS",
         help="how often workers heartbeat (default 2; keep it well under the lease)",
     )
+    server.add_argument(
+        "--auth-tokens",
+        metavar="FILE",
+        help=(
+            f"require bearer tokens listed (as SHA-256 hashes) in this TOML file "
+            f"(default: ${_ENV['auth_tokens']}, else no authentication); see docs/security.md"
+        ),
+    )
+    server.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help=f"serve TLS with this certificate chain (${_ENV['tls_cert']})",
+    )
+    server.add_argument(
+        "--tls-key", metavar="PEM", help=f"the certificate's private key (${_ENV['tls_key']})"
+    )
+    server.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help=f"mutual TLS: require client certificates from this CA (${_ENV['tls_client_ca']})",
+    )
     server.set_defaults(handler=_server)
 
     admin = commands.add_parser("admin", help="operator tools")
@@ -103,6 +128,29 @@ def register(commands: Any) -> None:
     )
     add_database_url_flag(verify)
     verify.set_defaults(handler=_verify)
+    token = sub.add_parser(
+        "new-token",
+        help="generate a bearer token and the token-file entry that admits it",
+        description=(
+            "Print a fresh random token on the first line (give it to the client or worker; it "
+            "is shown only once) and then a [[tokens]] entry holding only its SHA-256, to append "
+            "to the --auth-tokens file."
+        ),
+    )
+    token.add_argument("--name", required=True, help="a name for the token, shown in logs")
+    token.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=("worker", "client", "admin"),
+        help="a scope the token holds (repeatable)",
+    )
+    token.add_argument(
+        "--namespace",
+        default="*",
+        help='the namespace it acts in (only "*", every namespace, until runs record one)',
+    )
+    token.set_defaults(handler=_new_token)
 
 
 def _setting(args: argparse.Namespace, name: str) -> str | None:
@@ -124,6 +172,71 @@ def _positive(args: argparse.Namespace, name: str, default: float) -> float:
         flag = "--" + name.replace("_", "-")
         raise CommandError(f"{flag} (or ${_ENV[name]}) must be a positive number, got {raw!r}")
     return value
+
+
+def _read_file(args: argparse.Namespace, name: str) -> bytes | None:
+    path = _setting(args, name)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        flag = "--" + name.replace("_", "-")
+        raise CommandError(f"{flag}: cannot read {path}: {err.strerror}") from err
+
+
+def _security(args: argparse.Namespace) -> tuple[Any, Any]:
+    from ledgerflow.coordinator._server import TlsConfig
+    from ledgerflow.coordinator.api._auth import TokenFileError, TokenTable
+
+    tokens: TokenTable | None = None
+    tls: TlsConfig | None = None
+    tokens_path = _setting(args, "auth_tokens")
+    if tokens_path is not None:
+        try:
+            tokens = TokenTable.load(tokens_path)
+        except TokenFileError as err:
+            raise CommandError(str(err)) from err
+    cert, key = _read_file(args, "tls_cert"), _read_file(args, "tls_key")
+    client_ca = _read_file(args, "tls_client_ca")
+    if (cert is None) != (key is None):
+        raise CommandError("--tls-cert and --tls-key go together")
+    if cert is not None and key is not None:
+        tls = TlsConfig(cert_chain=cert, private_key=key, client_ca=client_ca)
+    elif client_ca is not None:
+        raise CommandError("--tls-client-ca needs --tls-cert and --tls-key")
+    return tokens, tls
+
+
+def _new_token(args: argparse.Namespace) -> int:
+    from ledgerflow.coordinator.api._auth import TokenFileError, TokenTable, hash_token, new_token
+
+    token = new_token()
+    entry = {
+        "name": args.name,
+        "sha256": hash_token(token),
+        "scopes": sorted(set(args.scope)),
+        "namespace": args.namespace,
+    }
+    try:
+        TokenTable.from_entries([entry], source="new-token")
+    except TokenFileError as err:
+        raise CommandError(str(err)) from err
+    scopes = ", ".join(f'"{s}"' for s in entry["scopes"])
+    sys.stdout.write(
+        f"{token}\n\n[[tokens]]\nname = {_toml_string(args.name)}\n"
+        f'sha256 = "{entry["sha256"]}"\nscopes = [{scopes}]\n'
+        f"namespace = {_toml_string(args.namespace)}\n"
+    )
+    return 0
+
+
+def _toml_string(value: str) -> str:
+    import json
+
+    # A JSON string literal is a valid TOML basic string.
+    return json.dumps(value)
 
 
 def _server(args: argparse.Namespace) -> int:
@@ -149,6 +262,7 @@ def _server(args: argparse.Namespace) -> int:
     defaults = Limits()
     retention = LogRetention()
     secret = _setting(args, "page_token_secret")
+    auth_tokens, tls = _security(args)
     config = ServerConfig(
         listen=listen,
         database_url=database_url(args),
@@ -166,6 +280,8 @@ def _server(args: argparse.Namespace) -> int:
         ),
         http_listen=http_listen,
         **({"page_token_secret": secret.encode()} if secret else {}),
+        auth_tokens=auth_tokens,
+        tls=tls,
     )
     try:
         asyncio.run(serve(config))

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ledgerflow.coordinator.api import DomainErrorInterceptor, Limits, PageTokens, RunService
+from ledgerflow.coordinator.api._auth import AuthInterceptor, TokenTable
 from ledgerflow.coordinator.api._worker_service import Dispatcher, LeaseConfig, WorkerService
 from ledgerflow.coordinator.fanout import Hub, PostgresListener, asyncpg_dsn
 from ledgerflow.coordinator.store import Store, Touched, create_engine, upgrade
@@ -45,6 +46,35 @@ _DEFAULT_TOKEN_SECRET = b"ledgerflow page tokens v1"
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """The server's TLS identity, and for mutual TLS the CA client certificates must chain to.
+
+    Attributes:
+        cert_chain: PEM certificate chain the server presents.
+        private_key: PEM private key of the certificate.
+        client_ca: PEM CA certificates; when set, clients must present a certificate
+            signed by one of them (mutual TLS).
+    """
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        """Return the grpc server credentials for this configuration."""
+        return grpc.ssl_server_credentials(
+            [(self.private_key, self.cert_chain)],
+            root_certificates=self.client_ca,
+            require_client_auth=self.client_ca is not None,
+        )
+
+
+def _is_loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything a coordinator process is configured with.
 
@@ -58,6 +88,9 @@ class ServerConfig:
         leases: Task lease and heartbeat timing.
         http_listen: ``HOST:PORT`` to serve the web dashboard on (port 0 picks a free
             one); None serves no dashboard.
+        auth_tokens: The bearer tokens calls must carry; None leaves the API open
+            (see docs/security.md).
+        tls: Serve gRPC over TLS (mutual TLS with ``client_ca``); None serves plaintext.
     """
 
     listen: str = DEFAULT_LISTEN
@@ -68,6 +101,8 @@ class ServerConfig:
     shutdown_grace: float = 10.0
     leases: LeaseConfig = field(default_factory=LeaseConfig)
     http_listen: str | None = None
+    auth_tokens: TokenTable | None = None
+    tls: TlsConfig | None = None
 
 
 class Coordinator:
@@ -124,8 +159,19 @@ class Coordinator:
         # Leave room above the payload limit for the request around it; the servicer
         # refuses oversized payloads itself with a message naming the field.
         max_message = max(limits.max_payload_bytes * 4, 16 * 1024 * 1024)
+        # The auth interceptor goes first (outermost): an unauthenticated call is
+        # refused before anything parses or handles it.
+        interceptors: list[grpc.aio.ServerInterceptor] = [DomainErrorInterceptor()]
+        if self.config.auth_tokens is not None:
+            interceptors.insert(0, AuthInterceptor(self.config.auth_tokens))
+        elif not _is_loopback(self.config.listen):
+            _log.warning(
+                "listening on %s without authentication: anyone who can reach it can start, "
+                "read and cancel runs (see --auth-tokens in docs/security.md)",
+                self.config.listen,
+            )
         server = grpc.aio.server(
-            interceptors=[DomainErrorInterceptor()],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max_message),
@@ -146,7 +192,12 @@ class Coordinator:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(services, server)
-        self.port = server.add_insecure_port(self.config.listen)
+        if self.config.tls is None:
+            self.port = server.add_insecure_port(self.config.listen)
+        else:
+            self.port = server.add_secure_port(
+                self.config.listen, self.config.tls.server_credentials()
+            )
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         if self.config.http_listen is not None:

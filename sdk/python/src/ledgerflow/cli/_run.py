@@ -35,7 +35,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from ledgerflow.cli._common import EXIT_USAGE
+from ledgerflow.cli._common import EXIT_USAGE, add_connection_flags, connection_settings
 from ledgerflow.cli._live import (
     EXIT_COMPLETED,
     EXIT_RUN_DID_NOT_COMPLETE,
@@ -96,6 +96,7 @@ def register(commands: Any) -> None:
         default=os.environ.get("LEDGERFLOW_ADDRESS") or DEFAULT_ADDRESS,
         help="the coordinator (env LEDGERFLOW_ADDRESS; default %(default)s)",
     )
+    add_connection_flags(common)
     common.add_argument(
         "--json", action="store_true", help="print one JSON object per line (proto JSON)"
     )
@@ -337,7 +338,10 @@ def _connected(body: _Body) -> Callable[[argparse.Namespace], int]:
 
     def handler(args: argparse.Namespace) -> int:
         try:
-            with SyncClient.connect(args.address, connect_timeout=CONNECT_TIMEOUT) as client:
+            token, credentials = connection_settings(args)
+            with SyncClient.connect(
+                args.address, connect_timeout=CONNECT_TIMEOUT, token=token, credentials=credentials
+            ) as client:
                 status = body(client, args)
                 sys.stdout.flush()
         except RunNotFoundError as err:

@@ -27,7 +27,7 @@ import time
 import traceback
 from typing import Any
 
-from ledgerflow.cli._common import CommandError
+from ledgerflow.cli._common import CommandError, add_connection_flags, connection_settings
 from ledgerflow.cli._run import DEFAULT_ADDRESS
 from ledgerflow.errors import LedgerflowError, WorkflowUsageError
 from ledgerflow.worker import DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONCURRENT_TASKS, Worker
@@ -59,6 +59,7 @@ def register(commands: Any) -> None:
         default=None,
         help=f"the coordinator (env LEDGERFLOW_ADDRESS; default {DEFAULT_ADDRESS})",
     )
+    add_connection_flags(cmd)
     cmd.add_argument(
         "--max-concurrent-tasks",
         type=_positive_int,
@@ -237,6 +238,8 @@ def _build_worker(target: Worker | Registry, args: argparse.Namespace) -> Worker
                 ("--max-concurrent-tasks", args.max_concurrent_tasks),
                 ("--identity", args.identity),
                 ("--drain-timeout", args.drain_timeout),
+                ("--token", args.token),
+                ("--tls-ca", args.tls_ca),
             )
             if value is not None
         ]
@@ -255,12 +258,15 @@ def _build_worker(target: Worker | Registry, args: argparse.Namespace) -> Worker
         except argparse.ArgumentTypeError as err:
             raise CommandError(f"LEDGERFLOW_MAX_CONCURRENT_TASKS: {err}") from None
     drain_timeout = DEFAULT_DRAIN_TIMEOUT if args.drain_timeout is None else args.drain_timeout
+    token, credentials = connection_settings(args)
     return Worker(
         address,
         target,
         max_concurrent_tasks=max_tasks,
         identity=args.identity or "",
         drain_timeout=drain_timeout,
+        token=token,
+        credentials=credentials,
     )
 
 

@@ -18,6 +18,7 @@ import grpc
 from grpc import aio
 
 from ledgerflow.client import _requests as rq
+from ledgerflow.client._auth import bearer_metadata, channel_credentials
 from ledgerflow.client._errors import from_rpc_error, unavailable
 from ledgerflow.errors import CoordinatorUnavailableError, LedgerflowError, ResultTimeoutError
 from ledgerflow.ledger import is_terminal
@@ -52,7 +53,12 @@ class Client:
 
     Args:
         address: The coordinator's ``host:port``.
-        credentials: TLS credentials; None for a plaintext channel.
+        credentials: TLS credentials (custom root certificates, or a client certificate
+            for mutual TLS); None for a plaintext channel unless ``tls``.
+        token: A bearer token sent with every call (``authorization: Bearer`` metadata),
+            for a coordinator started with ``--auth-tokens``; None sends none.
+        tls: Connect over TLS verified against the system's root certificates (ignored
+            when ``credentials`` is given).
         options: Extra grpc channel options, e.g. ``("grpc.keepalive_time_ms", 30000)``.
         identity: Who this client is, recorded with cancellations and signals;
             empty means ``user@host``.
@@ -68,16 +74,25 @@ class Client:
         options: Sequence[tuple[str, Any]] = (),
         identity: str = "",
         rpc_timeout: float | None = rq.DEFAULT_RPC_TIMEOUT,
+        token: str | None = None,
+        tls: bool = False,
     ) -> None:
+        credentials = channel_credentials(credentials, tls)
         if credentials is None:
             channel = aio.insecure_channel(address, options=list(options))
         else:
             channel = aio.secure_channel(address, credentials, options=list(options))
-        self._setup(channel, address, identity, rpc_timeout)
+        self._setup(channel, address, identity, rpc_timeout, token)
 
     def _setup(
-        self, channel: aio.Channel, address: str, identity: str, rpc_timeout: float | None
+        self,
+        channel: aio.Channel,
+        address: str,
+        identity: str,
+        rpc_timeout: float | None,
+        token: str | None = None,
     ) -> None:
+        self._metadata = bearer_metadata(token)
         self._channel = channel
         self._stub = run_service_pb2_grpc.RunServiceStub(channel)
         self._address = address
@@ -92,6 +107,7 @@ class Client:
         address: str = "",
         identity: str = "",
         rpc_timeout: float | None = rq.DEFAULT_RPC_TIMEOUT,
+        token: str | None = None,
     ) -> Self:
         """Wrap a channel built elsewhere (interceptors, custom credentials).
 
@@ -102,12 +118,13 @@ class Client:
             address: The address to name in errors.
             identity: As for the constructor.
             rpc_timeout: As for the constructor.
+            token: As for the constructor.
 
         Returns:
             The client.
         """
         client = cls.__new__(cls)
-        client._setup(channel, address or "<channel>", identity, rpc_timeout)
+        client._setup(channel, address or "<channel>", identity, rpc_timeout, token)
         return client
 
     @classmethod
@@ -120,6 +137,8 @@ class Client:
         options: Sequence[tuple[str, Any]] = (),
         identity: str = "",
         rpc_timeout: float | None = rq.DEFAULT_RPC_TIMEOUT,
+        token: str | None = None,
+        tls: bool = False,
     ) -> Self:
         """Connect to a coordinator and wait until the connection is up.
 
@@ -131,6 +150,8 @@ class Client:
             options: As for the constructor.
             identity: As for the constructor.
             rpc_timeout: As for the constructor.
+            token: As for the constructor.
+            tls: As for the constructor.
 
         Returns:
             The connected client.
@@ -144,6 +165,8 @@ class Client:
             options=options,
             identity=identity,
             rpc_timeout=rpc_timeout,
+            token=token,
+            tls=tls,
         )
         if connect_timeout is not None:
             try:
@@ -200,7 +223,7 @@ class Client:
 
     async def _call(self, method: aio.UnaryUnaryMultiCallable[_Req, _Resp], request: _Req) -> _Resp:
         try:
-            return await method(request, timeout=self._rpc_timeout)
+            return await method(request, timeout=self._rpc_timeout, metadata=self._metadata)
         except grpc.RpcError as err:
             raise from_rpc_error(err, self._address) from err
 
@@ -210,7 +233,7 @@ class Client:
         request: _Req,
         items: Callable[[_Resp], Iterable[_T]],
     ) -> AsyncGenerator[_T, None]:
-        call = method(request)
+        call = method(request, metadata=self._metadata)
         try:
             async for response in call:
                 for item in items(response):

@@ -13,6 +13,7 @@ from typing import Any, Generic, Self, TypeVar, overload
 import grpc
 
 from ledgerflow.client import _requests as rq
+from ledgerflow.client._auth import bearer_metadata, channel_credentials
 from ledgerflow.client._errors import from_rpc_error, unavailable
 from ledgerflow.errors import CoordinatorUnavailableError, LedgerflowError, ResultTimeoutError
 from ledgerflow.ledger import is_terminal
@@ -49,7 +50,12 @@ class SyncClient:
 
     Args:
         address: The coordinator's ``host:port``.
-        credentials: TLS credentials; None for a plaintext channel.
+        credentials: TLS credentials (custom root certificates, or a client certificate
+            for mutual TLS); None for a plaintext channel unless ``tls``.
+        token: A bearer token sent with every call (``authorization: Bearer`` metadata),
+            for a coordinator started with ``--auth-tokens``; None sends none.
+        tls: Connect over TLS verified against the system's root certificates (ignored
+            when ``credentials`` is given).
         options: Extra grpc channel options.
         identity: Who this client is, recorded with cancellations and signals;
             empty means ``user@host``.
@@ -64,16 +70,25 @@ class SyncClient:
         options: Sequence[tuple[str, Any]] = (),
         identity: str = "",
         rpc_timeout: float | None = rq.DEFAULT_RPC_TIMEOUT,
+        token: str | None = None,
+        tls: bool = False,
     ) -> None:
+        credentials = channel_credentials(credentials, tls)
         if credentials is None:
             channel = grpc.insecure_channel(address, options=list(options))
         else:
             channel = grpc.secure_channel(address, credentials, options=list(options))
-        self._setup(channel, address, identity, rpc_timeout)
+        self._setup(channel, address, identity, rpc_timeout, token)
 
     def _setup(
-        self, channel: grpc.Channel, address: str, identity: str, rpc_timeout: float | None
+        self,
+        channel: grpc.Channel,
+        address: str,
+        identity: str,
+        rpc_timeout: float | None,
+        token: str | None = None,
     ) -> None:
+        self._metadata = bearer_metadata(token)
         self._channel = channel
         self._stub = run_service_pb2_grpc.RunServiceStub(channel)
         self._address = address
@@ -88,6 +103,7 @@ class SyncClient:
         address: str = "",
         identity: str = "",
         rpc_timeout: float | None = rq.DEFAULT_RPC_TIMEOUT,
+        token: str | None = None,
     ) -> Self:
         """Wrap a channel built elsewhere (interceptors, custom credentials, test fakes).
 
@@ -98,12 +114,13 @@ class SyncClient:
             address: The address to name in errors.
             identity: As for the constructor.
             rpc_timeout: As for the constructor.
+            token: As for the constructor.
 
         Returns:
             The client.
         """
         client = cls.__new__(cls)
-        client._setup(channel, address or "<channel>", identity, rpc_timeout)
+        client._setup(channel, address or "<channel>", identity, rpc_timeout, token)
         return client
 
     @classmethod
@@ -116,6 +133,8 @@ class SyncClient:
         options: Sequence[tuple[str, Any]] = (),
         identity: str = "",
         rpc_timeout: float | None = rq.DEFAULT_RPC_TIMEOUT,
+        token: str | None = None,
+        tls: bool = False,
     ) -> Self:
         """Connect to a coordinator and wait until the connection is up.
 
@@ -126,6 +145,8 @@ class SyncClient:
             options: As for the constructor.
             identity: As for the constructor.
             rpc_timeout: As for the constructor.
+            token: As for the constructor.
+            tls: As for the constructor.
 
         Returns:
             The connected client.
@@ -139,6 +160,8 @@ class SyncClient:
             options=options,
             identity=identity,
             rpc_timeout=rpc_timeout,
+            token=token,
+            tls=tls,
         )
         if connect_timeout is not None:
             try:
@@ -205,7 +228,7 @@ class SyncClient:
         # ``deadline`` (monotonic) shortens the call to fit a caller's own timeout.
         timeout = _until(deadline, self._rpc_timeout)
         try:
-            return method(request, timeout=timeout)
+            return method(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as err:
             raise from_rpc_error(err, self._address) from err
 
@@ -217,7 +240,7 @@ class SyncClient:
         *,
         deadline: float | None = None,
     ) -> Generator[_T, None, None]:
-        call = method(request, timeout=_until(deadline, None))
+        call = method(request, timeout=_until(deadline, None), metadata=self._metadata)
         try:
             for response in call:
                 yield from items(response)

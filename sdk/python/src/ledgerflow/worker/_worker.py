@@ -50,6 +50,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 
+from ledgerflow.client._auth import bearer_metadata, channel_credentials
 from ledgerflow.errors import (
     CoordinatorUnavailableError,
     InvalidArgumentError,
@@ -201,6 +202,8 @@ class Worker:
         identity: str = "",
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        tls: bool = False,
         options: Sequence[tuple[str, Any]] = (),
         reconnect_initial_delay: float = 0.1,
         reconnect_max_delay: float = 5.0,
@@ -215,7 +218,12 @@ class Worker:
             max_concurrent_tasks: The most workflow tasks run at once (sent in ``hello``).
             identity: A name for people, e.g. a pod name; empty means ``host:pid``.
             drain_timeout: Seconds :meth:`drain` lets running tasks finish by default.
-            credentials: TLS credentials; None for a plaintext channel.
+            credentials: TLS credentials (custom root certificates, or a client
+                certificate for mutual TLS); None for a plaintext channel unless ``tls``.
+            token: A bearer token with the ``worker`` scope, for a coordinator started
+                with ``--auth-tokens``; None sends none.
+            tls: Connect over TLS verified against the system's root certificates
+                (ignored when ``credentials`` is given).
             options: Extra grpc channel options.
             reconnect_initial_delay: Ceiling of the first reconnect delay, in seconds.
             reconnect_max_delay: Largest reconnect delay, in seconds.
@@ -261,7 +269,8 @@ class Worker:
         self.registry = registry
         self.max_concurrent_tasks = max_concurrent_tasks
         self._drain_timeout = drain_timeout
-        self._credentials = credentials
+        self._credentials = channel_credentials(credentials, tls)
+        self._metadata = bearer_metadata(token)
         self._options = [*_CHANNEL_OPTIONS, *options]
         self._backoff = Backoff(reconnect_initial_delay, reconnect_max_delay)
         self._event_linger = event_linger
@@ -430,7 +439,7 @@ class Worker:
     async def _connect_and_serve(self) -> None:
         channel = self._open_channel()
         stub: WorkerServiceAsyncStub = _Stub(channel)
-        call = stub.Connect()
+        call = stub.Connect(metadata=self._metadata)
         try:
             welcome = await self._handshake(call)
             session = _Session(call, welcome)
