@@ -351,7 +351,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                     continue
                 # Started in arrival order: each submits to the writer before its
                 # first suspension, so a task's batches are appended in order.
-                job = asyncio.create_task(handler)
+                job = asyncio.create_task(self._guarded(session, handler))
                 pending.add(job)
                 job.add_done_callback(pending.discard)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
@@ -360,6 +360,26 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             for job in list(pending):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await job
+            session.outbox.put_nowait(None)
+
+    async def _guarded(self, session: Session, handler: Coroutine[Any, Any, None]) -> None:
+        """Run a message's handler; on an unexpected failure, end the session.
+
+        A refusal (``LedgerflowError``) is answered by the handler itself. Anything
+        else — the database went away mid-commit — leaves the message neither
+        acknowledged nor refused: ending the stream makes the worker reconnect and
+        resend what it still owes (a resend of a committed batch is deduplicated).
+        """
+        try:
+            await handler
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _log.warning(
+                "a message from worker %s failed; ending its session so it resends",
+                session.worker_id,
+                exc_info=True,
+            )
             session.outbox.put_nowait(None)
 
     def _handler(
