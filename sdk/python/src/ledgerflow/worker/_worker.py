@@ -739,16 +739,8 @@ class Worker:
             _log.exception("step %s of run %s: the task failed", request.step_id, request.run_id)
             self._release(state, f"{type(err).__name__}: {err}", failed=True)
             return
-        if self._tasks.get(state.task_id) is not state or state.phase is not Phase.RUNNING:
-            return
-        acked = state.report(result)
-        assert state.result is not None
-        self._send(state.result)
-        try:
-            await acked
-        except (TaskRefusedError, _TaskStoppedError):
-            return
-        self._forget(state)
+        if await self._report(state, result):
+            self._forget(state)
 
     def _on_rejected(self, rejected: ws.TaskRejected) -> None:
         state = self._held(rejected.task_id, rejected.lease_epoch)
@@ -816,19 +808,27 @@ class Worker:
             _log.exception("workflow %r, run %s: the task failed", task.workflow_name, task.run_id)
             self._release(state, f"{type(err).__name__}: {err}", failed=True)
             return
-        if self._tasks.get(state.task_id) is not state or state.phase is not Phase.RUNNING:
+        if not await self._report(state, result):
             return
+        _log.debug(
+            "task %s done: %s", task.task_id, workflow_pb2.WorkflowOutcome.Name(result.outcome)
+        )
+        self._forget(state)
+
+    async def _report(
+        self, state: TaskState, result: workflow_pb2.WorkflowTaskResult | step_pb2.StepResult
+    ) -> bool:
+        """Send a task's result (kept until acknowledged); True once the ack came."""
+        if self._tasks.get(state.task_id) is not state or state.phase is not Phase.RUNNING:
+            return False
         acked = state.report(result)
         assert state.result is not None
         self._send(state.result)
         try:
             await acked
         except (TaskRefusedError, _TaskStoppedError):
-            return
-        _log.debug(
-            "task %s done: %s", task.task_id, workflow_pb2.WorkflowOutcome.Name(result.outcome)
-        )
-        self._forget(state)
+            return False
+        return True
 
     def _release(
         self,
