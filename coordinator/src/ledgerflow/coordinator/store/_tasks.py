@@ -700,18 +700,15 @@ async def complete_step(
     if result.outcome == step_pb2.STEP_OUTCOME_BLOCKED:
         return await _park_for_a_human(batch, task, row, result, now=now, retention=retention)
     end = ops._new_event(task.run_id, pb.EVENT_SOURCE_WORKER, now)
-    resolved = ops._new_event(task.run_id, pb.EVENT_SOURCE_COORDINATOR, now)
-    r = resolved.waitpoint_resolved
-    r.waitpoint_id = f"step:{task.step_id}"
-    r.kind = pb.WAITPOINT_KIND_STEP
-    r.source = pb.WAITPOINT_RESOLUTION_SOURCE_LIVE
+    output: common_pb2.Payload | None = None
+    error: common_pb2.ErrorInfo | None = None
     if result.outcome == step_pb2.STEP_OUTCOME_COMPLETED:
         end.step_completed.step_id = task.step_id
         end.step_completed.attempt = attempt
         end.step_completed.kind = "remote"
         if result.HasField("output"):
-            end.step_completed.output.CopyFrom(result.output)
-            r.payload.CopyFrom(result.output)
+            output = result.output
+            end.step_completed.output.CopyFrom(output)
     else:
         end.step_failed.step_id = task.step_id
         end.step_failed.attempt = attempt
@@ -720,11 +717,17 @@ async def complete_step(
         if not error.type:
             error.type = "StepFailed"
         end.step_failed.error.CopyFrom(error)
-        r.error.CopyFrom(error)
-    events = [end]
-    if any(w.waitpoint_id == r.waitpoint_id for w in row.snapshot.open_waitpoints):
-        events.append(resolved)
-    outcome = await ops.append_events(batch, events, request_id="", retention=retention)
+    outcome = await ops.append_events(batch, [end], request_id="", retention=retention)
+    row = batch.rows[task.run_id]
+    wps.resolve_open(
+        batch,
+        row,
+        f"step:{task.step_id}",
+        now=now,
+        retention=retention,
+        payload=output,
+        error=error,
+    )
     _finish(batch, task)
     row = batch.rows[task.run_id]
     ops.ensure_task(batch, row, now)
