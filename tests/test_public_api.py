@@ -17,6 +17,7 @@ PUBLIC = {
         "LedgerflowError",
         "NonDeterminismError",
         "PayloadTooLargeError",
+        "PermissionDeniedError",
         "ResultTimeoutError",
         "RunAlreadyExistsError",
         "RunCancelledError",

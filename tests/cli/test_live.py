@@ -142,3 +142,14 @@ def test_the_live_screen_shows_steps_progress_waitpoints_compensations_and_logs(
     assert "log (last 3 of 30 lines)" in text
     assert "line 30" in text
     assert "line 27" not in text
+
+
+def test_the_live_screen_names_the_namespace_unless_it_is_default() -> None:
+    def title(snap: pb.RunSnapshot) -> str:
+        console = Console(file=io.StringIO(), width=120, record=True, color_system=None)
+        console.print(render_snapshot(snap))
+        return console.export_text().splitlines()[0]
+
+    assert "run r1 · checkout · namespace eu" in title(snapshot(namespace="eu"))
+    assert "namespace" not in title(snapshot(namespace="default"))
+    assert "namespace" not in title(snapshot())  # a run from before namespaces

@@ -19,6 +19,7 @@ from ledgerflow.errors import (
     InvalidArgumentError,
     LedgerflowError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     RunAlreadyExistsError,
     RunNotFoundError,
 )
@@ -405,7 +406,7 @@ async def test_closing_a_stream_early_cancels_the_call(
         ),
         (grpc.StatusCode.UNAVAILABLE, "draining", CoordinatorUnavailableError, "draining"),
         (grpc.StatusCode.DEADLINE_EXCEEDED, "slow", CoordinatorUnavailableError, "in time"),
-        (grpc.StatusCode.PERMISSION_DENIED, "not yours", LedgerflowError, "PERMISSION_DENIED"),
+        (grpc.StatusCode.PERMISSION_DENIED, "not yours", PermissionDeniedError, "not yours"),
         (grpc.StatusCode.INTERNAL, "boom", LedgerflowError, "INTERNAL: boom"),
     ],
 )

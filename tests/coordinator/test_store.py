@@ -314,6 +314,13 @@ async def test_verify_finds_nothing_on_a_healthy_store_and_catches_tampering(
     assert (await verify(engine, ["a"])) == (1, [])
     assert [m.what for m in (await verify(engine, ["ghost"]))[1]] == ["run"]
 
+    # Isolation filters on the namespace column: it must agree with the ledger.
+    async with engine.begin() as conn:
+        await conn.execute(update(runs).where(runs.c.run_id == "a").values(namespace="other"))
+    assert [(m.what, m.detail) for m in (await verify(engine, ["a"]))[1]] == [
+        ("namespace", "column says 'other', the ledger 'default'")
+    ]
+
 
 async def test_retries_of_successful_requests_succeed_after_the_run_ended(store: Store) -> None:
     await store.start_run(StartRunSpec(workflow_name="wf", run_id="a"))

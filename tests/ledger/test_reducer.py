@@ -168,6 +168,15 @@ def test_run_created_and_started_record_names_and_times() -> None:
     assert list(snap.tags) == ["a"]
 
 
+def test_run_created_records_the_namespace_and_a_later_one_without_keeps_it() -> None:
+    snap = run(
+        ev("run_created", 10, workflow_name="wf", namespace="billing"),
+        ev("run_created", 20, workflow_name="wf"),
+    )
+    assert snap.namespace == "billing"
+    assert run(ev("run_created", 10, workflow_name="wf")).namespace == ""
+
+
 def test_events_for_another_run_are_ignored() -> None:
     base = empty_snapshot("mine")
     after = reduce(base, ev("run_completed", 5, run_id="other"))

@@ -14,7 +14,7 @@ from ledgerflow.cli import main
 from ledgerflow.cli._run import EXIT_ERROR
 from ledgerflow.client import Client, SyncClient
 from ledgerflow.coordinator._server import Coordinator
-from ledgerflow.errors import LedgerflowError, WorkerRefusedError
+from ledgerflow.errors import LedgerflowError, PermissionDeniedError, WorkerRefusedError
 from ledgerflow.v1 import run_service_pb2 as rpb
 from ledgerflow.v1 import worker_service_pb2 as wpb
 from ledgerflow.v1.run_service_pb2_grpc import RunServiceStub
@@ -113,7 +113,7 @@ async def test_clients_and_worker_with_tokens_run_a_workflow(
                 assert [r.run_id for r in sync.list_runs().runs] == ["chain-1"]
             with (
                 SyncClient.connect(address, token=tokens.worker) as sync,
-                pytest.raises(LedgerflowError, match="PERMISSION_DENIED"),
+                pytest.raises(PermissionDeniedError, match="lacks the 'client' scope"),
             ):
                 sync.get_run("chain-1")
 

@@ -41,8 +41,7 @@ def test_lookup_by_hash(tmp_path: Path) -> None:
         ('name = "a"\nsha256 = "{h}"\nscopes = ["root"]', "scopes"),
         ('name = ""\nsha256 = "{h}"\nscopes = ["client"]', "name"),
         ('name = "a"\nsha256 = "{h}"\nscopes = ["client"]\nnamespace = "A B"', "namespace"),
-        # Fails closed until runs record a namespace: never a token that looks isolated.
-        ('name = "a"\nsha256 = "{h}"\nscopes = ["client"]\nnamespace = "billing"', "not enforced"),
+        ('name = "a"\nsha256 = "{h}"\nscopes = ["client"]\nnamespace = "-x"', "namespace"),
         ('name = "a"\nsha256 = "{h}"\nscopes = ["client"]\ntoken = "x"', "unknown keys"),
     ],
 )
@@ -99,3 +98,20 @@ def test_admin_new_token_prints_a_loadable_entry(tmp_path: Path) -> None:
     assert TokenTable.load(path).lookup(token) == Principal(
         "ci", frozenset({"client", "worker"}), "*"
     )
+
+
+def test_admin_new_token_confines_a_token_to_a_namespace(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "ledgerflow.cli", "admin", "new-token", "--name", "billing"),
+            *("--scope", "client", "--namespace", "billing"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    token, _, entry = out.partition("\n")
+    path = tmp_path / "t.toml"
+    path.write_text(entry)
+    principal = TokenTable.load(path).lookup(token)
+    assert principal == Principal("billing", frozenset({"client"}), "billing")

@@ -49,7 +49,7 @@ def test_sqlite_file_is_migrated_then_left_alone(
     path = tmp_path / "lf.db"
     proc = db_upgrade("--database-url", f"sqlite:///{path}")
     assert (proc.returncode, proc.stderr) == (0, "")
-    assert proc.stdout == f"database at sqlite+aiosqlite:///{path} is at revision 0004\n"
+    assert proc.stdout == f"database at sqlite+aiosqlite:///{path} is at revision 0005\n"
     assert run_main(capsys, "--database-url", f"sqlite:///{path}") == (0, proc.stdout, "")
 
 
@@ -63,7 +63,7 @@ def test_postgres_is_migrated_and_the_password_is_not_shown(
     assert (proc.returncode, proc.stderr) == (0, "")
     assert proc.stdout == (
         f"database at postgresql+asyncpg://postgres:***@127.0.0.1:{pg_cluster.port}/cli_upgrade"
-        " is at revision 0004\n"
+        " is at revision 0005\n"
     )
     assert run_main(capsys, "--database-url", url) == (0, proc.stdout, "")
 
@@ -83,7 +83,7 @@ def test_default_is_ledgerflow_db_in_the_working_directory(
     monkeypatch.chdir(tmp_path)
     assert run_main(capsys) == (
         0,
-        "database at sqlite+aiosqlite:///ledgerflow.db is at revision 0004\n",
+        "database at sqlite+aiosqlite:///ledgerflow.db is at revision 0005\n",
         "",
     )
     assert (tmp_path / "ledgerflow.db").is_file()

@@ -234,6 +234,26 @@ async def test_address_and_capacity_come_from_the_environment(
     assert code == 0, stderr
 
 
+async def test_the_namespace_comes_from_the_flag_or_the_environment(
+    served: Served, app_dir: Path, cli: list[Cli]
+) -> None:
+    flagged = await start(cli, app_dir, "app", "--address", served.address, "--namespace", "eu")
+    assert (await served.coordinator.wait_for_session(1)).hello.namespace == "eu"
+    from_env = await start(
+        cli,
+        app_dir,
+        "app",
+        "--address",
+        served.address,
+        env={"LEDGERFLOW_NAMESPACE": "us"},
+    )
+    assert (await served.coordinator.wait_for_session(2)).hello.namespace == "us"
+    for worker in (flagged, from_env):
+        worker.proc.send_signal(signal.SIGTERM)
+        code, stderr = await worker.finish()
+        assert code == 0, stderr
+
+
 async def test_a_refused_worker_exits_1_naming_the_refusal(
     served: Served, app_dir: Path, cli: list[Cli]
 ) -> None:
@@ -277,12 +297,14 @@ async def test_an_unusable_target_is_one_line_and_exit_2(
 async def test_worker_flags_cannot_reconfigure_a_worker_object(
     app_dir: Path, cli: list[Cli]
 ) -> None:
-    worker = await start(cli, app_dir, "app:worker", "--identity", "x", "--address", "h:1")
+    worker = await start(
+        cli, app_dir, "app:worker", "--identity", "x", "--address", "h:1", "--namespace", "eu"
+    )
     code, stderr = await worker.finish()
     assert code == 2
     assert stderr == (
-        "ledgerflow: app:worker is a Worker, configured in code: --address, --identity "
-        "cannot change it\n"
+        "ledgerflow: app:worker is a Worker, configured in code: --address, --identity, "
+        "--namespace cannot change it\n"
     )
 
 

@@ -39,6 +39,21 @@ async def test_hello_says_who_the_worker_is_and_what_it_serves(
     assert worker.connected
 
 
+async def test_hello_names_the_workers_namespace_and_none_by_default(
+    served: Served, start_worker: StartWorker
+) -> None:
+    # Sequential, so session 1 is the namespaced worker's and session 2 the other's.
+    scoped, _ = start_worker(namespace="billing")
+    await scoped.wait_connected()
+    unscoped, _ = start_worker()
+    await unscoped.wait_connected()
+    first = await served.coordinator.wait_for_session(1)
+    second = await served.coordinator.wait_for_session(2)
+    assert (first.hello.worker_id, first.hello.namespace) == (scoped.worker_id, "billing")
+    assert (second.hello.worker_id, second.hello.namespace) == (unscoped.worker_id, "")
+    assert (scoped.namespace, unscoped.namespace) == ("billing", None)
+
+
 async def test_each_worker_has_its_own_id_and_a_default_identity(served: Served) -> None:
     a = Worker(served.address, workflows.chain)
     b = Worker(served.address, [workflows.chain])

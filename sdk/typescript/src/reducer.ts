@@ -237,6 +237,7 @@ function onRunCreated(snap: RunSnapshot, payload: Payload, occurred: bigint): vo
   if (e.tags.length > 0) snap.tags = [...e.tags];
   if (e.parentRunId) snap.parentRunId = e.parentRunId;
   if (e.idempotencyKey) snap.idempotencyKey = e.idempotencyKey;
+  if (e.namespace) snap.namespace = e.namespace;
   if (e.executionTimeout) {
     snap.deadlineTime = timestampFromNanos(
       toNanos(snap.createTime) + durationNanos(e.executionTimeout),

@@ -4,7 +4,14 @@ import { describe, test } from "node:test";
 import { create, fromBinary, fromJson, toBinary, toJson } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 
-import { EventSource, LedgerEventSchema, PayloadSchema, RunCreatedSchema } from "../src/index.js";
+import {
+  EventSource,
+  LedgerEventSchema,
+  PayloadSchema,
+  RunCreatedSchema,
+  emptySnapshot,
+  reduceEvents,
+} from "../src/index.js";
 
 const encoder = new TextEncoder();
 
@@ -72,5 +79,19 @@ describe("LedgerEvent", () => {
     const empty = fromBinary(LedgerEventSchema, new Uint8Array());
     assert.equal(empty.payload.case, undefined);
     assert.equal(empty.seq, 0n);
+  });
+});
+
+describe("reducer", () => {
+  test("run_created records the run's identity: namespace, parent, idempotency key", () => {
+    const event = runCreatedEvent();
+    if (event.payload.case === "runCreated") {
+      event.payload.value.namespace = "billing";
+      event.payload.value.parentRunId = "parent-1";
+    }
+    const snap = reduceEvents(emptySnapshot("run-1"), [event]);
+    assert.equal(snap.namespace, "billing");
+    assert.equal(snap.parentRunId, "parent-1");
+    assert.equal(snap.idempotencyKey, "key-1");
   });
 });

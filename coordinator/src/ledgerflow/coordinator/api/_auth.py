@@ -10,12 +10,17 @@ tokens, never the tokens themselves, so it holds no secret in clear::
     name = "billing-worker"          # shown in logs and error messages
     sha256 = "9f86d081884c7d65..."   # hex SHA-256 of the token (ledgerflow admin new-token)
     scopes = ["worker"]              # any of: worker, client, admin
-    namespace = "*"                  # optional; only "*" until runs record a namespace
+    namespace = "billing"            # optional; "*" (the default) for every namespace
 
 A token is looked up by its hash: the hash is what the dictionary compares, so a
 timing difference reveals at most a prefix of a hash, never of a token. Error
 messages and logs name the token's ``name``; the token itself is never echoed or
 logged (tests/security scans captured logs for it).
+
+A token with a namespace is confined to it (:func:`confined_namespace`): it starts
+runs there, lists and watches only that namespace's runs, finds no run of another
+(NOT_FOUND, as if it did not exist), and as a worker is given only that namespace's
+tasks. Asking for another namespace by name is PERMISSION_DENIED.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import grpc
+
+from ledgerflow.errors import InvalidArgumentError, PermissionDeniedError
 
 _log = logging.getLogger(__name__)
 
@@ -74,6 +81,57 @@ class Principal:
 
 current_principal: ContextVar[Principal | None] = ContextVar("ledgerflow_principal", default=None)
 """The caller of the RPC being handled; None when the coordinator runs without auth."""
+
+
+def check_namespace(value: str, field: str) -> None:
+    """Refuse a namespace name that is not lowercase letters, digits, "_" and "-".
+
+    Raises:
+        InvalidArgumentError: Naming ``field``.
+    """
+    if not _NAMESPACE_RE.fullmatch(value):
+        raise InvalidArgumentError(
+            field,
+            'must be lowercase letters, digits, "_" and "-" (at most 63), starting with '
+            "a letter or digit",
+        )
+
+
+def confined_namespace() -> str | None:
+    """Return the namespace the current caller is confined to; None when it may see all."""
+    principal = current_principal.get()
+    if principal is None or principal.namespace == ALL_NAMESPACES:
+        return None
+    return principal.namespace
+
+
+def namespace_for(requested: str, field: str) -> str | None:
+    """Return the namespace a request acts in: the one named, or the caller's own.
+
+    Args:
+        requested: The namespace the request names, empty for none.
+        field: The request field it came from, named in errors.
+
+    Returns:
+        The namespace, or None for "every namespace" (nothing named, and the caller
+        is not confined to one).
+
+    Raises:
+        InvalidArgumentError: The name is malformed.
+        PermissionDeniedError: The caller is confined to another namespace.
+    """
+    if requested:
+        check_namespace(requested, field)
+    confined = confined_namespace()
+    if confined is None:
+        return requested or None
+    if requested and requested != confined:
+        principal = current_principal.get()
+        name = principal.name if principal is not None else "?"
+        raise PermissionDeniedError(
+            f"{field}: token {name!r} may act only in namespace {confined!r}, not {requested!r}"
+        )
+    return confined
 
 
 class TokenFileError(ValueError):
@@ -177,13 +235,6 @@ class TokenTable:
                 raise TokenFileError(
                     f'{where}.namespace must be "*" or lowercase letters, digits, "_" and '
                     '"-" (at most 63)'
-                )
-            # Fail closed: runs do not record a namespace yet (docs/security.md), so a
-            # namespaced token would silently see every run. Refuse it until they do.
-            if namespace != ALL_NAMESPACES:
-                raise TokenFileError(
-                    f'{where}.namespace {namespace!r}: namespaces are not enforced yet; only "*" '
-                    "is accepted (see docs/security.md)"
                 )
             if digest.lower() in by_hash:
                 raise TokenFileError(f"{where} repeats the hash of another token")

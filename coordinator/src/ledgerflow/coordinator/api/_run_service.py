@@ -1,9 +1,14 @@
 """RunService: the client API, implemented over the store and the hub.
 
 This is the gRPC edge: it validates requests (errors name the field), enforces
-the size limits and shapes responses. Handlers raise domain errors;
+the size limits and namespaces, and shapes responses. Handlers raise domain errors;
 :class:`DomainErrorInterceptor` turns them into status codes. Nothing here
 touches SQL.
+
+Namespaces: a caller whose token is confined to a namespace (``api._auth``) sees
+the runs of other namespaces as if they did not exist. Reads check the snapshot's
+namespace here; writes pass the namespace to the store, which checks it under the
+run's lock.
 """
 
 from __future__ import annotations
@@ -16,10 +21,21 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ledgerflow.coordinator.api._auth import confined_namespace, namespace_for
 from ledgerflow.coordinator.api._tokens import PageTokens
 from ledgerflow.coordinator.fanout import Hub
-from ledgerflow.coordinator.store import RunFilter, StartRunSpec, Store
-from ledgerflow.errors import InvalidArgumentError, PayloadTooLargeError
+from ledgerflow.coordinator.store import (
+    DEFAULT_NAMESPACE,
+    RunFilter,
+    StartRunSpec,
+    Store,
+    namespace_of,
+)
+from ledgerflow.errors import (
+    InvalidArgumentError,
+    PayloadTooLargeError,
+    RunNotFoundError,
+)
 from ledgerflow.ledger import JSON_ENCODING, check_id, is_terminal, validate_event
 from ledgerflow.ledger._time import to_nanos
 from ledgerflow.ledger._validate import MAX_INT64, check_field_ranges
@@ -90,6 +106,7 @@ def summary_of(snap: pb.RunSnapshot) -> rpb.RunSummary:
         status=snap.status,
         error_message=snap.error.message,
         last_seq=snap.last_seq,
+        namespace=namespace_of(snap),
     )
     out.tags.extend(snap.tags)
     for name in ("create_time", "update_time", "finish_time"):
@@ -118,6 +135,7 @@ def _filter_of(flt: rpb.RunFilter) -> RunFilter:
     return RunFilter(
         statuses=tuple(sorted(set(flt.statuses))),
         workflow_name=flt.workflow_name,
+        namespace=namespace_for(flt.namespace, "filter.namespace") or "",
         created_after=_bound_nanos(flt.created_after) if flt.HasField("created_after") else None,
         created_before=(
             _bound_nanos(flt.created_before) if flt.HasField("created_before") else None
@@ -129,6 +147,8 @@ def _matches(flt: RunFilter, snap: pb.RunSnapshot) -> bool:
     if flt.statuses and snap.status not in flt.statuses:
         return False
     if flt.workflow_name and snap.workflow_name != flt.workflow_name:
+        return False
+    if flt.namespace and namespace_of(snap) != flt.namespace:
         return False
     created = to_nanos(snap.create_time)
     if flt.created_after is not None and created < flt.created_after:
@@ -154,6 +174,32 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         self._limits = limits
 
     # -- validation helpers --------------------------------------------------
+
+    @staticmethod
+    def _visible(snapshot: pb.RunSnapshot) -> pb.RunSnapshot:
+        """Return the snapshot if the caller may see its run; a hidden run is not found."""
+        confined = confined_namespace()
+        if confined is not None and namespace_of(snapshot) != confined:
+            raise RunNotFoundError(f"run {snapshot.run_id!r} not found")
+        return snapshot
+
+    async def _get_visible(self, run_id: str) -> pb.RunSnapshot:
+        return self._visible(await self._store.get_run(run_id))
+
+    @staticmethod
+    def _place_events(events: list[pb.LedgerEvent]) -> str | None:
+        """Put the runs an AppendEvents creates in the caller's namespace; return it."""
+        confined = confined_namespace()
+        for i, event in enumerate(events):
+            if not event.HasField("run_created"):
+                continue
+            created = event.run_created
+            field = f"events[{i}].run_created.namespace"
+            if created.namespace:
+                namespace_for(created.namespace, field)
+            elif confined is not None:
+                created.namespace = confined
+        return confined
 
     def _check_payload(self, payload: common_pb2.Payload, field: str) -> None:
         size = payload.ByteSize()
@@ -206,6 +252,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         for i, tag in enumerate(request.tags):
             check_id(tag, f"tags[{i}]")
         self._check_text(request.workflow_version, "workflow_version")
+        namespace = namespace_for(request.namespace, "namespace") or DEFAULT_NAMESPACE
         if request.HasField("input"):
             self._check_payload(request.input, "input")
         if request.HasField("execution_timeout") and (
@@ -233,6 +280,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
                 execution_timeout=(
                     request.execution_timeout if request.HasField("execution_timeout") else None
                 ),
+                namespace=namespace,
             )
         )
         return rpb.StartRunResponse(run=snapshot, created=created)
@@ -244,7 +292,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     ) -> rpb.GetRunResponse:
         """Return a run's snapshot."""
         check_id(request.run_id, "run_id")
-        snapshot = await self._store.get_run(request.run_id)
+        snapshot = await self._get_visible(request.run_id)
         return rpb.GetRunResponse(run=snapshot)
 
     async def ListRuns(  # noqa: N802
@@ -279,7 +327,10 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         self._check_text(request.reason, "reason")
         self._check_text(request.identity, "identity")
         seq, already = await self._store.cancel_run(
-            request.run_id, reason=request.reason, identity=request.identity
+            request.run_id,
+            reason=request.reason,
+            identity=request.identity,
+            namespace=confined_namespace(),
         )
         return rpb.CancelRunResponse(seq=seq, already_requested=already)
 
@@ -302,6 +353,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             payload=request.payload if request.HasField("payload") else None,
             request_id=request.request_id,
             identity=request.identity,
+            namespace=confined_namespace(),
         )
         return rpb.SignalRunResponse(seq=seq, duplicate=duplicate)
 
@@ -314,6 +366,8 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         check_id(request.run_id, "run_id")
         self._non_negative(request.after_seq, "after_seq")
         size = self._page_size(request.page_size, 100)
+        if confined_namespace() is not None:
+            await self._get_visible(request.run_id)
         page, more = await self._store.get_events(request.run_id, request.after_seq, size)
         response = rpb.GetEventsResponse(has_more=more)
         response.events.extend(page)
@@ -329,8 +383,11 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             check_id(request.batch_id, "batch_id")
         events = list(request.events)
         check_events(events, self._limits)
+        namespace = self._place_events(events)
         outcome = await self._store.append_events(
-            events, request_id=f"batch:{request.batch_id}" if request.batch_id else ""
+            events,
+            request_id=f"batch:{request.batch_id}" if request.batch_id else "",
+            namespace=namespace,
         )
         response = rpb.AppendEventsResponse(duplicate=outcome.duplicate)
         for run_id, (first, last) in outcome.ranges.items():
@@ -367,7 +424,9 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
                 f"{self._limits.max_payload_bytes}"
             )
         outcome = await self._store.report_status(
-            patch, request_id=f"status:{request.batch_id}" if request.batch_id else ""
+            patch,
+            request_id=f"status:{request.batch_id}" if request.batch_id else "",
+            namespace=confined_namespace(),
         )
         response = rpb.ReportStatusResponse()
         response.events.extend(outcome.appended)
@@ -385,7 +444,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         self._non_negative(request.after_seq, "after_seq")
         # Subscribe before reading, so no commit falls between the read and the watch.
         with self._hub.watch_run(request.run_id) as sub:
-            snapshot = await self._store.get_run(request.run_id)
+            snapshot = await self._get_visible(request.run_id)
             last = request.after_seq
             while True:
                 if snapshot.last_seq > last:
@@ -433,7 +492,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         self._non_negative(request.from_seq, "from_seq")
         next_seq = max(1, request.from_seq)
         with self._hub.watch_run(request.run_id) as sub:
-            snapshot = await self._store.get_run(request.run_id)
+            snapshot = await self._get_visible(request.run_id)
             while True:
                 lines = await self._store.get_log_lines(request.run_id, next_seq, 500)
                 if lines:

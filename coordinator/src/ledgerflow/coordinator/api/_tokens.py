@@ -21,7 +21,13 @@ from ledgerflow.errors import InvalidArgumentError
 
 def _filter_digest(flt: RunFilter) -> str:
     raw = json.dumps(
-        [sorted(flt.statuses), flt.workflow_name, flt.created_after, flt.created_before]
+        [
+            sorted(flt.statuses),
+            flt.workflow_name,
+            flt.created_after,
+            flt.created_before,
+            flt.namespace,
+        ]
     )
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 

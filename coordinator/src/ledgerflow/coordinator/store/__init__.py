@@ -13,11 +13,17 @@ from ledgerflow.coordinator.store._engine import (
     dialect_name,
     upgrade,
 )
-from ledgerflow.coordinator.store._sql_runs import PagePosition, RunFilter
+from ledgerflow.coordinator.store._sql_runs import (
+    DEFAULT_NAMESPACE,
+    PagePosition,
+    RunFilter,
+    namespace_of,
+)
 from ledgerflow.coordinator.store._store import NOTIFY_CHANNEL, Store, Touched
 from ledgerflow.coordinator.store._verify import Mismatch, verify
 
 __all__ = [
+    "DEFAULT_NAMESPACE",
     "DEFAULT_SQLITE_URL",
     "NOTIFY_CHANNEL",
     "READ_ONLY",
@@ -32,6 +38,7 @@ __all__ = [
     "create_engine",
     "current_revision",
     "dialect_name",
+    "namespace_of",
     "upgrade",
     "verify",
 ]

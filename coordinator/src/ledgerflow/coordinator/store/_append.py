@@ -125,7 +125,7 @@ class Needs:
     Attributes:
         run_ids: Runs whose rows are locked and loaded (existing or not).
         request_ids: (run id, request id) pairs whose earlier outcome is looked up.
-        idempotency_keys: StartRun idempotency keys whose run is looked up.
+        idempotency_keys: (namespace, StartRun idempotency key) pairs whose run is looked up.
         tasks: Whether the tasks of ``run_ids`` are locked and loaded too.
         fenced: Task ids whose lease is checked, not changed.
         resends_rare: Request ids may be checked by their insert instead of a lookup.
@@ -133,7 +133,7 @@ class Needs:
 
     run_ids: tuple[str, ...] = ()
     request_ids: tuple[tuple[str, str], ...] = ()
-    idempotency_keys: tuple[str, ...] = ()
+    idempotency_keys: tuple[tuple[str, str], ...] = ()
     tasks: bool = False
     """Lock and load the tasks of ``run_ids`` too."""
     fenced: tuple[str, ...] = ()
@@ -155,7 +155,7 @@ class Batch:
         conn: AsyncConnection,
         rows: dict[str, sql_runs.RunRow],
         requests: dict[tuple[str, str], tuple[int, int]],
-        keys: dict[str, str],
+        keys: dict[tuple[str, str], str],
         tasks: dict[str, sql_tasks.TaskRow] | None = None,
     ) -> None:
         """Create a batch over rows the caller locked and lookups it prefetched."""
@@ -229,7 +229,7 @@ class Batch:
         self.rows[row.run_id] = row
         self.new_runs[row.run_id] = create_time
         if row.idempotency_key:
-            self.keys[row.idempotency_key] = row.run_id
+            self.keys[(row.namespace, row.idempotency_key)] = row.run_id
 
     def save_task(self, task: sql_tasks.TaskRow) -> None:
         """Add or change a task; it is written with the batch."""
@@ -298,7 +298,15 @@ def _new_row(event: pb.LedgerEvent) -> sql_runs.RunRow:
         journal=empty_journal(),
         log=RunLogState(),
         idempotency_key=created.idempotency_key or None,
+        namespace=created.namespace or sql_runs.DEFAULT_NAMESPACE,
     )
+
+
+def _check_namespace(row: sql_runs.RunRow, namespace: str | None) -> None:
+    # A run of another namespace is answered exactly as a missing one: a caller
+    # confined to a namespace learns nothing about the others.
+    if namespace is not None and row.namespace != namespace:
+        raise RunNotFoundError(f"run {row.run_id!r} not found")
 
 
 async def append_events(
@@ -307,11 +315,14 @@ async def append_events(
     *,
     request_id: str,
     retention: LogRetention,
+    namespace: str | None = None,
 ) -> Outcome:
     """Append validated events (possibly for many runs) atomically.
 
     A run is created by a leading ``run_created``; events for any other unknown run
     are refused. With a ``request_id``, a resend is answered from the first append.
+    With a ``namespace``, runs of other namespaces are treated as unknown (the caller
+    checked that the runs it creates are in it).
 
     Raises:
         RunNotFoundError: An event names a run that does not exist.
@@ -329,6 +340,8 @@ async def append_events(
         indexes = [i for i, e in enumerate(events) if e.run_id == run_id]
         run_events = [events[i] for i in indexes]
         row = batch.rows.get(run_id)
+        if row is not None:
+            _check_namespace(row, namespace)
         creates = [i for i, e in enumerate(run_events) if e.HasField("run_created")]
         if row is not None and creates:
             raise RunAlreadyExistsError(f"run {run_id!r} already exists")
@@ -336,10 +349,11 @@ async def append_events(
             raise RunNotFoundError(
                 f"run {run_id!r} not found (a new run's first event must be run_created)"
             )
-        key = run_events[0].run_created.idempotency_key if row is None else ""
-        if key and key in batch.keys:
+        created = run_events[0].run_created
+        key = (created.namespace or sql_runs.DEFAULT_NAMESPACE, created.idempotency_key)
+        if row is None and key[1] and key in batch.keys:
             raise RunAlreadyExistsError(
-                f"idempotency key {key!r} already names run {batch.keys[key]!r}"
+                f"idempotency key {key[1]!r} already names run {batch.keys[key]!r}"
             )
         before = row.snapshot.status if row is not None else pb.RUN_STATUS_UNKNOWN
         finished = is_terminal(before)
@@ -375,17 +389,21 @@ async def report_status(
     request_id: str,
     now: int,
     retention: LogRetention,
+    namespace: str | None = None,
 ) -> Outcome:
     """Derive events from a status patch against the locked snapshot, and append them.
 
     A patch for an unknown run creates it (a producer that only reports status has
-    no other way to), with the patch's workflow name.
+    no other way to), with the patch's workflow name, in ``namespace`` (or "default").
+    With a ``namespace``, a run of another namespace is treated as unknown.
     """
+    row = batch.rows.get(patch.run_id)
+    if row is not None:
+        _check_namespace(row, namespace)
     if request_id:
         prior = batch.prior_request([patch.run_id], request_id)
         if prior:
             return Outcome(duplicate=True, ranges=prior)
-    row = batch.rows.get(patch.run_id)
     previous = row.snapshot if row is not None else empty_snapshot(patch.run_id)
     derived = events_from_status_patch(
         patch, previous, now_nanos=now, source=pb.EVENT_SOURCE_EXTERNAL
@@ -394,10 +412,13 @@ async def report_status(
         created = _new_event(patch.run_id, pb.EVENT_SOURCE_EXTERNAL, now)
         created.run_created.workflow_name = patch.workflow_name
         created.run_created.status = pb.RUN_STATUS_QUEUED
+        created.run_created.namespace = namespace or sql_runs.DEFAULT_NAMESPACE
         derived.insert(0, created)
     if not derived:
         return Outcome()
-    return await append_events(batch, derived, request_id=request_id, retention=retention)
+    return await append_events(
+        batch, derived, request_id=request_id, retention=retention, namespace=namespace
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,6 +433,7 @@ class StartRunSpec:
     tags: tuple[str, ...] = ()
     execution_timeout: Duration | None = None
     parent_run_id: str = ""
+    namespace: str = sql_runs.DEFAULT_NAMESPACE
 
 
 def new_run_id() -> str:
@@ -435,16 +457,20 @@ async def start_run(
     ``Outcome.value`` is ``(snapshot, created)``.
 
     Raises:
-        RunAlreadyExistsError: ``run_id`` exists for another workflow.
+        RunAlreadyExistsError: ``run_id`` exists for another workflow or in another
+            namespace (run ids are global; idempotency keys are per namespace).
     """
     if spec.idempotency_key:
-        existing = batch.keys.get(spec.idempotency_key)
+        existing = batch.keys.get((spec.namespace, spec.idempotency_key))
         if existing is not None:
             snap = await batch.snapshot_of(existing)
             if snap is not None:
                 return Outcome(value=(_copy(snap), False))
     row = batch.rows.get(run_id)
     if row is not None:
+        if row.namespace != spec.namespace:
+            # Says no more than that the id is taken: the run is not the caller's to see.
+            raise RunAlreadyExistsError(f"run_id: run {run_id!r} already exists")
         if row.workflow_name != spec.workflow_name:
             raise RunAlreadyExistsError(
                 f"run {row.run_id!r} already exists for workflow {row.workflow_name!r}"
@@ -462,6 +488,7 @@ async def start_run(
     if spec.execution_timeout is not None:
         created.execution_timeout.CopyFrom(spec.execution_timeout)
     created.parent_run_id = spec.parent_run_id
+    created.namespace = spec.namespace
     row = _new_row(event)
     batch.create(row, now)
     appended = batch.fold(row, [event], retention)
@@ -475,10 +502,11 @@ async def start_run(
     )
 
 
-def _open_row(batch: Batch, run_id: str) -> sql_runs.RunRow:
+def _open_row(batch: Batch, run_id: str, namespace: str | None = None) -> sql_runs.RunRow:
     row = batch.rows.get(run_id)
     if row is None:
         raise RunNotFoundError(f"run {run_id!r} not found")
+    _check_namespace(row, namespace)
     return row
 
 
@@ -510,14 +538,15 @@ async def cancel_run(
     identity: str,
     now: int,
     retention: LogRetention,
+    namespace: str | None = None,
 ) -> Outcome:
     """Record a cancellation request once; ``Outcome.value`` is its seq.
 
     Raises:
-        RunNotFoundError: No such run.
+        RunNotFoundError: No such run (in ``namespace``, when given).
         FailedPreconditionError: The run already finished.
     """
-    row = _open_row(batch, run_id)
+    row = _open_row(batch, run_id, namespace)
     # A retry of a cancel that succeeded is answered as such, even once the run ended.
     if row.snapshot.cancel_requested:
         seq = await batch.first_event_seq(run_id, "cancel_requested")
@@ -581,14 +610,15 @@ async def signal_run(
     identity: str,
     now: int,
     retention: LogRetention,
+    namespace: str | None = None,
 ) -> Outcome:
     """Put a signal in the run's inbox; ``Outcome.value`` is its seq.
 
     Raises:
-        RunNotFoundError: No such run.
+        RunNotFoundError: No such run (in ``namespace``, when given).
         FailedPreconditionError: The run already finished.
     """
-    row = _open_row(batch, run_id)
+    row = _open_row(batch, run_id, namespace)
     # A retry of a send that succeeded is answered as such, even once the run ended.
     key = signal_key(request_id)
     if key:

@@ -39,6 +39,8 @@ runs = Table(
     metadata,
     Column("run_id", Text, nullable=False),
     Column("workflow_name", Text, nullable=False),
+    # The snapshot's namespace ("default" when its run_created named none); never changes.
+    Column("namespace", Text, nullable=False, server_default=text("'default'")),
     # The snapshot's RunStatus, copied out for filtering; always equals snapshot.status.
     Column("status", SmallInteger, nullable=False),
     # Nanoseconds since the epoch of the run_created event.
@@ -48,7 +50,7 @@ runs = Table(
     # The highest seq in this run's ledger; 0 before the first event. Read and written
     # only under the run's row lock, which is what keeps seqs gapless and unique.
     Column("last_seq", BigInteger, nullable=False),
-    # Unique among runs that have one (partial unique index below).
+    # Unique per namespace among runs that have one (partial unique index below).
     Column("idempotency_key", Text, nullable=True),
     Column("parent_run_id", Text, nullable=True),
     # Serialized RunSnapshot reflecting events 1..last_seq, WITHOUT its `steps` map:
@@ -68,14 +70,16 @@ runs = Table(
     PrimaryKeyConstraint("run_id"),
 )
 Index(
-    "ix_runs_idempotency_key",
+    "ix_runs_namespace_idempotency_key",
+    runs.c.namespace,
     runs.c.idempotency_key,
     unique=True,
     postgresql_where=runs.c.idempotency_key.isnot(None),
     sqlite_where=runs.c.idempotency_key.isnot(None),
 )
-# ListRuns pages newest first by (create_time, run_id).
+# ListRuns pages newest first by (create_time, run_id), in one namespace or in all.
 Index("ix_runs_create_time_run_id", runs.c.create_time, runs.c.run_id)
+Index("ix_runs_namespace_create_time_run_id", runs.c.namespace, runs.c.create_time, runs.c.run_id)
 Index("ix_runs_status_create_time", runs.c.status, runs.c.create_time)
 # A parent's children (cancellation cascades to them).
 Index(

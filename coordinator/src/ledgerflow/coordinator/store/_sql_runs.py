@@ -25,6 +25,14 @@ from ledgerflow.ledger import RunLogState
 from ledgerflow.ledger._status import TERMINAL_STATUSES
 from ledgerflow.v1 import journal_pb2, ledger_pb2
 
+DEFAULT_NAMESPACE = "default"
+"""The namespace of a run whose ``run_created`` named none."""
+
+
+def namespace_of(snapshot: ledger_pb2.RunSnapshot) -> str:
+    """Return the namespace a run lives in."""
+    return snapshot.namespace or DEFAULT_NAMESPACE
+
 
 @dataclass(slots=True)
 class RunRow:
@@ -41,6 +49,7 @@ class RunRow:
     journal: journal_pb2.JournalSlice
     log: RunLogState
     idempotency_key: str | None
+    namespace: str = DEFAULT_NAMESPACE
 
 
 _SNAPSHOT_STEPS = "steps"
@@ -137,6 +146,7 @@ def _decode(row: object) -> RunRow:
             truncated=r["log_truncated"],
         ),
         idempotency_key=r["idempotency_key"],
+        namespace=r["namespace"],
     )
 
 
@@ -173,14 +183,20 @@ async def load_runs(conn: AsyncConnection, run_ids: Sequence[str]) -> dict[str, 
     return loaded
 
 
-async def run_ids_for_keys(conn: AsyncConnection, keys: Sequence[str]) -> dict[str, str]:
-    """Return the run started with each of the idempotency ``keys`` that has one."""
+async def run_ids_for_keys(
+    conn: AsyncConnection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], str]:
+    """Return the run started with each (namespace, idempotency key) of ``keys`` that has one."""
     if not keys:
         return {}
+    wanted = set(keys)
     rows = await conn.execute(
-        select(runs.c.idempotency_key, runs.c.run_id).where(runs.c.idempotency_key.in_(set(keys)))
+        select(runs.c.namespace, runs.c.idempotency_key, runs.c.run_id).where(
+            runs.c.idempotency_key.in_({key for _, key in wanted})
+        )
     )
-    return dict(rows.tuples().all())
+    # Filtered here rather than with a row-value IN, which not every SQLite build has.
+    return {(ns, key): run_id for ns, key, run_id in rows.tuples() if (ns, key) in wanted}
 
 
 def _state(rows: Sequence[RunRow]) -> dict[str, list[Any]]:
@@ -214,6 +230,7 @@ def insert_runs(new: Sequence[tuple[RunRow, int]]) -> Write:
         "create_time": [create_time for _, create_time in new],
         "idempotency_key": [row.idempotency_key for row in rows],
         "parent_run_id": [row.snapshot.parent_run_id or None for row in rows],
+        "namespace": [row.namespace for row in rows],
     }
     return Write(runs, columns, returning="run_id")
 
@@ -272,6 +289,8 @@ class RunFilter:
     workflow_name: str = ""
     created_after: int | None = None
     created_before: int | None = None
+    namespace: str = ""
+    """Runs of this namespace only; empty lists every namespace."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +315,8 @@ async def list_snapshots(
         conditions.append(runs.c.status.in_(flt.statuses))
     if flt.workflow_name:
         conditions.append(runs.c.workflow_name == flt.workflow_name)
+    if flt.namespace:
+        conditions.append(runs.c.namespace == flt.namespace)
     if flt.created_after is not None:
         conditions.append(runs.c.create_time >= flt.created_after)
     if flt.created_before is not None:

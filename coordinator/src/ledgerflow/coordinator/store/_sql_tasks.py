@@ -17,7 +17,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledgerflow.coordinator.store._dialect import Write
-from ledgerflow.coordinator.store._schema import tasks
+from ledgerflow.coordinator.store._schema import runs, tasks
 
 WORKFLOW_TASK = 1
 """TaskKind: runs a workflow body."""
@@ -144,11 +144,13 @@ async def claim(
     worker_id: str,
     session_id: str,
     step_queues: Sequence[str] = (),
+    namespace: str | None = None,
 ) -> list[TaskRow]:
     """Lease up to ``limit`` available pending tasks, oldest first.
 
     Workflow tasks of the workflows in ``queues``, step tasks of the worker kinds in
-    ``step_queues`` (the two are separate namespaces).
+    ``step_queues`` (queues of the two kinds never match each other); with a
+    ``namespace``, only tasks of runs in it.
 
     Each claimed task's epoch and invocation grow by one. On Postgres, ``FOR
     UPDATE SKIP LOCKED`` lets coordinators claim concurrently without waiting on
@@ -161,15 +163,13 @@ async def claim(
         wanted.append(and_(tasks.c.kind == WORKFLOW_TASK, tasks.c.queue.in_(set(queues))))
     if step_queues:
         wanted.append(and_(tasks.c.kind == STEP_TASK, tasks.c.queue.in_(set(step_queues))))
-    candidates = (
-        select(tasks.c.task_id)
-        .where(
-            tasks.c.status == PENDING,
-            or_(*wanted),
-            tasks.c.available_time <= now,
+    conditions = [tasks.c.status == PENDING, or_(*wanted), tasks.c.available_time <= now]
+    if namespace is not None:
+        conditions.append(
+            tasks.c.run_id.in_(select(runs.c.run_id).where(runs.c.namespace == namespace))
         )
-        .order_by(tasks.c.available_time)
-        .limit(limit)
+    candidates = (
+        select(tasks.c.task_id).where(*conditions).order_by(tasks.c.available_time).limit(limit)
     )
     if conn.dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
@@ -213,14 +213,24 @@ async def expire_leases(conn: AsyncConnection, now: int) -> list[str]:
     return list(rows.scalars().all())
 
 
-async def next_wakeup(conn: AsyncConnection, queues: Sequence[str]) -> int | None:
-    """Return the earliest future time a task of ``queues`` becomes available or a lease ends."""
+async def next_wakeup(
+    conn: AsyncConnection, queues: Sequence[str], *, after: int | None = None
+) -> int | None:
+    """Return the earliest time a task of ``queues`` becomes available or a lease ends.
+
+    With ``after``, only tasks that become available after it count: the dispatcher
+    passes the time its claims ran, since a task available then and still pending
+    has no free taker, and it is woken when capacity frees rather than spinning.
+    """
     times = []
     if queues:
+        pending = [tasks.c.status == PENDING, tasks.c.queue.in_(set(queues))]
+        if after is not None:
+            pending.append(tasks.c.available_time > after)
         times.append(
             await conn.scalar(
                 select(tasks.c.available_time)
-                .where(tasks.c.status == PENDING, tasks.c.queue.in_(set(queues)))
+                .where(*pending)
                 .order_by(tasks.c.available_time)
                 .limit(1)
             )

@@ -182,7 +182,7 @@ class Store:
         """Create a run (or return the existing one for a retry); see :func:`ops.start_run`."""
         run_id = spec.run_id or ops.new_run_id()
         now = _now()
-        keys = (spec.idempotency_key,) if spec.idempotency_key else ()
+        keys = ((spec.namespace, spec.idempotency_key),) if spec.idempotency_key else ()
         outcome = await self._submit(
             ops.Needs(run_ids=(run_id,), idempotency_keys=keys),
             lambda batch: ops.start_run(
@@ -192,12 +192,16 @@ class Store:
         return cast(tuple[pb.RunSnapshot, bool], outcome.value)
 
     async def append_events(
-        self, events: Sequence[pb.LedgerEvent], *, request_id: str = ""
+        self,
+        events: Sequence[pb.LedgerEvent],
+        *,
+        request_id: str = "",
+        namespace: str | None = None,
     ) -> ops.Outcome:
         """Append validated events atomically; see :func:`ops.append_events`."""
         run_ids = tuple(dict.fromkeys(e.run_id for e in events))
         keys = tuple(
-            e.run_created.idempotency_key
+            (e.run_created.namespace or sql_runs.DEFAULT_NAMESPACE, e.run_created.idempotency_key)
             for e in events
             if e.HasField("run_created") and e.run_created.idempotency_key
         )
@@ -208,11 +212,13 @@ class Store:
                 idempotency_keys=keys,
             ),
             lambda batch: ops.append_events(
-                batch, events, request_id=request_id, retention=self.retention
+                batch, events, request_id=request_id, retention=self.retention, namespace=namespace
             ),
         )
 
-    async def report_status(self, patch: rpb.StatusPatch, *, request_id: str = "") -> ops.Outcome:
+    async def report_status(
+        self, patch: rpb.StatusPatch, *, request_id: str = "", namespace: str | None = None
+    ) -> ops.Outcome:
         """Derive events from a status patch and append them; see :func:`ops.report_status`."""
         now = _now()
         return await self._submit(
@@ -221,17 +227,33 @@ class Store:
                 request_ids=((patch.run_id, request_id),) if request_id else (),
             ),
             lambda batch: ops.report_status(
-                batch, patch, request_id=request_id, now=now, retention=self.retention
+                batch,
+                patch,
+                request_id=request_id,
+                now=now,
+                retention=self.retention,
+                namespace=namespace,
             ),
         )
 
-    async def cancel_run(self, run_id: str, *, reason: str, identity: str) -> tuple[int, bool]:
-        """Record a cancellation request; return (its seq, whether one existed already)."""
+    async def cancel_run(
+        self, run_id: str, *, reason: str, identity: str, namespace: str | None = None
+    ) -> tuple[int, bool]:
+        """Record a cancellation request; return (its seq, whether one existed already).
+
+        With a ``namespace``, a run of another namespace is not found.
+        """
         now = _now()
         outcome = await self._submit(
             ops.Needs(run_ids=(run_id,), tasks=True),
             lambda batch: ops.cancel_run(
-                batch, run_id, reason=reason, identity=identity, now=now, retention=self.retention
+                batch,
+                run_id,
+                reason=reason,
+                identity=identity,
+                now=now,
+                retention=self.retention,
+                namespace=namespace,
             ),
         )
         if not outcome.duplicate:
@@ -246,8 +268,12 @@ class Store:
         payload: common_pb2.Payload | None,
         request_id: str,
         identity: str,
+        namespace: str | None = None,
     ) -> tuple[int, bool]:
-        """Append a signal to the run's inbox; return (its seq, whether it was a resend)."""
+        """Append a signal to the run's inbox; return (its seq, whether it was a resend).
+
+        With a ``namespace``, a run of another namespace is not found.
+        """
         now = _now()
         key = ops.signal_key(request_id)
         outcome = await self._submit(
@@ -262,6 +288,7 @@ class Store:
                 identity=identity,
                 now=now,
                 retention=self.retention,
+                namespace=namespace,
             ),
         )
         return cast(int, outcome.value), outcome.duplicate
@@ -277,6 +304,7 @@ class Store:
         worker_id: str,
         session_id: str,
         step_queues: Sequence[str] = (),
+        namespace: str | None = None,
     ) -> list[sql_tasks.TaskRow]:
         """Lease up to ``limit`` available tasks (committed on return); see ``sql_tasks.claim``.
 
@@ -293,6 +321,7 @@ class Store:
                 worker_id=worker_id,
                 session_id=session_id,
                 step_queues=step_queues,
+                namespace=namespace,
             )
         for task in claimed:
             self._task_cache.pop(task.task_id, None)
@@ -306,10 +335,15 @@ class Store:
             self._task_cache.pop(task_id, None)
         return expired
 
-    async def next_task_wakeup(self, queues: Sequence[str]) -> int | None:
-        """Return when a task of ``queues`` next becomes available or a lease next ends."""
+    async def next_task_wakeup(
+        self, queues: Sequence[str], *, after: int | None = None
+    ) -> int | None:
+        """Return when a task of ``queues`` next becomes available or a lease next ends.
+
+        See ``sql_tasks.next_wakeup`` for ``after``.
+        """
         async with self._read() as conn:
-            return await sql_tasks.next_wakeup(conn, queues)
+            return await sql_tasks.next_wakeup(conn, queues, after=after)
 
     async def find_task(self, task_id: str) -> sql_tasks.TaskRow | None:
         """Return a task by id, as committed (for routing; decisions re-check under lock)."""

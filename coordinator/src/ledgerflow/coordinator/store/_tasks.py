@@ -512,6 +512,12 @@ def _check_children(
             check_id(request.workflow_name, f"{field}.payload.workflow_name")
         except InvalidArgumentError as err:
             raise TaskRefusedError(wpb.TASK_REJECT_REASON_INVALID, str(err)) from err
+        if request.namespace and request.namespace != row.namespace:
+            raise TaskRefusedError(
+                wpb.TASK_REJECT_REASON_INVALID,
+                f"{field}.payload.namespace: a child run lives in its parent's namespace "
+                f"({row.namespace!r}), not {request.namespace!r}",
+            )
         if child is not None and child.workflow_name != request.workflow_name:
             raise TaskRefusedError(
                 wpb.TASK_REJECT_REASON_INVALID,
@@ -544,6 +550,7 @@ async def _start_children(
                     request.execution_timeout if request.HasField("execution_timeout") else None
                 ),
                 parent_run_id=row.run_id,
+                namespace=row.namespace,
             )
             await ops.start_run(batch, spec, run_id=child_id, now=now, retention=retention)
         woke = (

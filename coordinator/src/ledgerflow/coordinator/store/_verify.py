@@ -3,7 +3,8 @@
 Each run's events are re-reduced from empty; the stored snapshot and journal
 (the run row's head put back together with its step rows) must equal the
 result byte for byte (deterministic serialization), and the
-stored ``last_seq`` must be the ledger's length with no gap. Reading a run
+stored ``last_seq`` must be the ledger's length with no gap, and the row's
+``namespace`` column (what isolation filters on) the snapshot's namespace. Reading a run
 happens in one read transaction, so a run being appended to is seen either
 before or after an append, never half-way.
 """
@@ -19,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledgerflow.coordinator.store._engine import READ_ONLY
 from ledgerflow.coordinator.store._schema import events, runs
-from ledgerflow.coordinator.store._sql_runs import load_runs
+from ledgerflow.coordinator.store._sql_runs import load_runs, namespace_of
 from ledgerflow.ledger import (
     apply_event,
     apply_journal_event,
@@ -35,7 +36,7 @@ class Mismatch:
 
     Attributes:
         run_id: The run.
-        what: ``snapshot``, ``journal`` or ``seqs``.
+        what: ``snapshot``, ``journal``, ``seqs`` or ``namespace``.
         detail: A one-line description.
     """
 
@@ -126,6 +127,14 @@ async def verify(
         if gap or seq != row.last_seq:
             found.append(
                 Mismatch(run_id, "seqs", gap or f"last_seq {row.last_seq}, ledger has {seq}")
+            )
+        if row.namespace != namespace_of(snapshot):
+            found.append(
+                Mismatch(
+                    run_id,
+                    "namespace",
+                    f"column says {row.namespace!r}, the ledger {namespace_of(snapshot)!r}",
+                )
             )
         for what, fresh, stored in (
             ("snapshot", snapshot, row.snapshot),

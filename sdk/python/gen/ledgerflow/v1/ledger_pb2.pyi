@@ -571,6 +571,7 @@ class RunCreated(_message.Message):
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     EXECUTION_TIMEOUT_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     workflow_name: _builtins.str
     """workflow_name is the registered name of the workflow the run executes; unset keeps the snapshot's."""
     workflow_version: _builtins.str
@@ -581,6 +582,10 @@ class RunCreated(_message.Message):
     """parent_run_id is the run that started this one as a child, empty for a top-level run."""
     status: Global___RunStatus.ValueType
     """status is the run's initial status (QUEUED for runs started through StartRun); UNSPECIFIED keeps the snapshot's."""
+    namespace: _builtins.str
+    """namespace isolates runs: a token for one namespace cannot see or touch another's runs.
+    Empty means "default" (runs created before namespaces existed).
+    """
     @_builtins.property
     def input(self) -> _common_pb2.Payload:
         """input is the workflow's input."""
@@ -604,10 +609,11 @@ class RunCreated(_message.Message):
         parent_run_id: _builtins.str = ...,
         status: Global___RunStatus.ValueType = ...,
         execution_timeout: _duration_pb2.Duration | None = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_workflow_name", b"_workflow_name", "execution_timeout", b"execution_timeout", "input", b"input", "workflow_name", b"workflow_name"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_workflow_name", b"_workflow_name", "execution_timeout", b"execution_timeout", "idempotency_key", b"idempotency_key", "input", b"input", "parent_run_id", b"parent_run_id", "status", b"status", "tags", b"tags", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_workflow_name", b"_workflow_name", "execution_timeout", b"execution_timeout", "idempotency_key", b"idempotency_key", "input", b"input", "namespace", b"namespace", "parent_run_id", b"parent_run_id", "status", b"status", "tags", b"tags", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__workflow_name: _TypeAlias = _typing.Literal["workflow_name"]  # noqa: Y015
     _WhichOneofArgType__workflow_name: _TypeAlias = _typing.Literal["_workflow_name", b"_workflow_name"]  # noqa: Y015
@@ -1830,6 +1836,7 @@ class RunSnapshot(_message.Message):
     DEADLINE_TIME_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     RUNNING_STEP_IDS_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """run_id identifies the run."""
     workflow_name: _builtins.str
@@ -1860,6 +1867,8 @@ class RunSnapshot(_message.Message):
     """parent_run_id is the run that started this one, empty for a top-level run."""
     idempotency_key: _builtins.str
     """idempotency_key is the key the run was started with."""
+    namespace: _builtins.str
+    """namespace is the run's namespace, from run_created; empty means "default"."""
     @_builtins.property
     def error(self) -> _common_pb2.ErrorInfo:
         """error is why the run failed or was cancelled."""
@@ -1963,10 +1972,11 @@ class RunSnapshot(_message.Message):
         deadline_time: _timestamp_pb2.Timestamp | None = ...,
         idempotency_key: _builtins.str = ...,
         running_step_ids: _abc.Iterable[_builtins.str] | None = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_active_artifact_namespace", b"_active_artifact_namespace", "_active_step_id", b"_active_step_id", "_result_namespace", b"_result_namespace", "_workflow_name", b"_workflow_name", "active_artifact_namespace", b"active_artifact_namespace", "active_step_id", b"active_step_id", "create_time", b"create_time", "deadline_time", b"deadline_time", "duration", b"duration", "error", b"error", "finish_time", b"finish_time", "result", b"result", "result_namespace", b"result_namespace", "result_summary", b"result_summary", "start_time", b"start_time", "update_time", b"update_time", "workflow_name", b"workflow_name"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_active_artifact_namespace", b"_active_artifact_namespace", "_active_step_id", b"_active_step_id", "_result_namespace", b"_result_namespace", "_workflow_name", b"_workflow_name", "active_artifact_namespace", b"active_artifact_namespace", "active_step_id", b"active_step_id", "cancel_reason", b"cancel_reason", "cancel_requested", b"cancel_requested", "compensation", b"compensation", "compensations", b"compensations", "create_time", b"create_time", "deadline_time", b"deadline_time", "duration", b"duration", "error", b"error", "finish_time", b"finish_time", "idempotency_key", b"idempotency_key", "last_seq", b"last_seq", "log_tail", b"log_tail", "logs_truncated", b"logs_truncated", "metadata", b"metadata", "open_waitpoints", b"open_waitpoints", "ordered_step_ids", b"ordered_step_ids", "parent_run_id", b"parent_run_id", "result", b"result", "result_namespace", b"result_namespace", "result_summary", b"result_summary", "run_id", b"run_id", "running_step_ids", b"running_step_ids", "start_time", b"start_time", "status", b"status", "steps", b"steps", "tags", b"tags", "total_log_count", b"total_log_count", "update_time", b"update_time", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_active_artifact_namespace", b"_active_artifact_namespace", "_active_step_id", b"_active_step_id", "_result_namespace", b"_result_namespace", "_workflow_name", b"_workflow_name", "active_artifact_namespace", b"active_artifact_namespace", "active_step_id", b"active_step_id", "cancel_reason", b"cancel_reason", "cancel_requested", b"cancel_requested", "compensation", b"compensation", "compensations", b"compensations", "create_time", b"create_time", "deadline_time", b"deadline_time", "duration", b"duration", "error", b"error", "finish_time", b"finish_time", "idempotency_key", b"idempotency_key", "last_seq", b"last_seq", "log_tail", b"log_tail", "logs_truncated", b"logs_truncated", "metadata", b"metadata", "namespace", b"namespace", "open_waitpoints", b"open_waitpoints", "ordered_step_ids", b"ordered_step_ids", "parent_run_id", b"parent_run_id", "result", b"result", "result_namespace", b"result_namespace", "result_summary", b"result_summary", "run_id", b"run_id", "running_step_ids", b"running_step_ids", "start_time", b"start_time", "status", b"status", "steps", b"steps", "tags", b"tags", "total_log_count", b"total_log_count", "update_time", b"update_time", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__active_artifact_namespace: _TypeAlias = _typing.Literal["active_artifact_namespace"]  # noqa: Y015
     _WhichOneofArgType__active_artifact_namespace: _TypeAlias = _typing.Literal["_active_artifact_namespace", b"_active_artifact_namespace"]  # noqa: Y015

@@ -37,6 +37,7 @@ class RunSummary(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """run_id identifies the run."""
     workflow_name: _builtins.str
@@ -47,6 +48,8 @@ class RunSummary(_message.Message):
     """error_message is the run's error message, if any."""
     last_seq: _builtins.int
     """last_seq is the run's last ledger seq."""
+    namespace: _builtins.str
+    """namespace is the run's namespace."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """create_time is when the run was created."""
@@ -75,10 +78,11 @@ class RunSummary(_message.Message):
         error_message: _builtins.str = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
         last_seq: _builtins.int = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "finish_time", b"finish_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error_message", b"error_message", "finish_time", b"finish_time", "last_seq", b"last_seq", "run_id", b"run_id", "status", b"status", "tags", b"tags", "update_time", b"update_time", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error_message", b"error_message", "finish_time", b"finish_time", "last_seq", b"last_seq", "namespace", b"namespace", "run_id", b"run_id", "status", b"status", "tags", b"tags", "update_time", b"update_time", "workflow_name", b"workflow_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -94,8 +98,13 @@ class RunFilter(_message.Message):
     WORKFLOW_NAME_FIELD_NUMBER: _builtins.int
     CREATED_AFTER_FIELD_NUMBER: _builtins.int
     CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     workflow_name: _builtins.str
     """workflow_name keeps runs of this workflow; empty keeps all."""
+    namespace: _builtins.str
+    """namespace keeps runs of this namespace; empty keeps the caller's token's namespace, or
+    every namespace for a token (or a coordinator without tokens) that may see them all.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_ledger_pb2.RunStatus.ValueType]:
         """statuses keeps runs in any of these statuses; empty keeps all."""
@@ -115,10 +124,11 @@ class RunFilter(_message.Message):
         workflow_name: _builtins.str = ...,
         created_after: _timestamp_pb2.Timestamp | None = ...,
         created_before: _timestamp_pb2.Timestamp | None = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "statuses", b"statuses", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "namespace", b"namespace", "statuses", b"statuses", "workflow_name", b"workflow_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -137,6 +147,7 @@ class StartRunRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
     EXECUTION_TIMEOUT_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     workflow_name: _builtins.str
     """workflow_name is the registered workflow to run. Required."""
     workflow_version: _builtins.str
@@ -145,6 +156,10 @@ class StartRunRequest(_message.Message):
     """run_id is a client-chosen id; empty lets the coordinator choose one."""
     idempotency_key: _builtins.str
     """idempotency_key makes retries return the first run started with it."""
+    namespace: _builtins.str
+    """namespace is where the run lives; empty means the caller's token's namespace, or
+    "default" for a token of every namespace (or a coordinator without tokens).
+    """
     @_builtins.property
     def input(self) -> _common_pb2.Payload:
         """input is the workflow's input."""
@@ -167,10 +182,11 @@ class StartRunRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
         execution_timeout: _duration_pb2.Duration | None = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["execution_timeout", b"execution_timeout", "input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_timeout", b"execution_timeout", "idempotency_key", b"idempotency_key", "input", b"input", "run_id", b"run_id", "tags", b"tags", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_timeout", b"execution_timeout", "idempotency_key", b"idempotency_key", "input", b"input", "namespace", b"namespace", "run_id", b"run_id", "tags", b"tags", "workflow_name", b"workflow_name", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -29,51 +29,51 @@ from ledgerflow.v1 import step_pb2 as ledgerflow_dot_v1_dot_step__pb2
 from ledgerflow.v1 import workflow_pb2 as ledgerflow_dot_v1_dot_workflow__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ledgerflow/v1/worker_service.proto\x12\rledgerflow.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1aledgerflow/v1/ledger.proto\x1a\x18ledgerflow/v1/step.proto\x1a\x1cledgerflow/v1/workflow.proto\"D\n\x14WorkflowRegistration\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\"D\n\x08HeldTask\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_epoch\x18\x02 \x01(\x03R\nleaseEpoch\"\xcf\x02\n\x0bWorkerHello\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1a\n\x08identity\x18\x02 \x01(\tR\x08identity\x12\x1a\n\x08language\x18\x03 \x01(\tR\x08language\x12\x1f\n\x0bsdk_version\x18\x04 \x01(\tR\nsdkVersion\x12\x41\n\tworkflows\x18\x05 \x03(\x0b\x32#.ledgerflow.v1.WorkflowRegistrationR\tworkflows\x12\x1d\n\nstep_kinds\x18\x06 \x03(\tR\tstepKinds\x12\x30\n\x14max_concurrent_tasks\x18\x07 \x01(\x05R\x12maxConcurrentTasks\x12\x36\n\nheld_tasks\x18\x08 \x03(\x0b\x32\x17.ledgerflow.v1.HeldTaskR\theldTasks\"\x95\x01\n\nEventBatch\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_epoch\x18\x02 \x01(\x03R\nleaseEpoch\x12\x19\n\x08\x62\x61tch_no\x18\x03 \x01(\x03R\x07\x62\x61tchNo\x12\x32\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x1a.ledgerflow.v1.LedgerEventR\x06\x65vents\"I\n\rTaskHeartbeat\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_epoch\x18\x02 \x01(\x03R\nleaseEpoch\"?\n\tHeartbeat\x12\x32\n\x05tasks\x18\x01 \x03(\x0b\x32\x1c.ledgerflow.v1.TaskHeartbeatR\x05tasks\"w\n\x0bTaskRelease\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_epoch\x18\x02 \x01(\x03R\nleaseEpoch\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12\x16\n\x06\x66\x61iled\x18\x04 \x01(\x08R\x06\x66\x61iled\"\x8b\x03\n\x0e\x43onnectRequest\x12\x32\n\x05hello\x18\x01 \x01(\x0b\x32\x1a.ledgerflow.v1.WorkerHelloH\x00R\x05hello\x12<\n\x0b\x65vent_batch\x18\x02 \x01(\x0b\x32\x19.ledgerflow.v1.EventBatchH\x00R\neventBatch\x12\x38\n\theartbeat\x18\x03 \x01(\x0b\x32\x18.ledgerflow.v1.HeartbeatH\x00R\theartbeat\x12L\n\x0fworkflow_result\x18\x04 \x01(\x0b\x32!.ledgerflow.v1.WorkflowTaskResultH\x00R\x0eworkflowResult\x12<\n\x0bstep_result\x18\x05 \x01(\x0b\x32\x19.ledgerflow.v1.StepResultH\x00R\nstepResult\x12\x36\n\x07release\x18\x06 \x01(\x0b\x32\x1a.ledgerflow.v1.TaskReleaseH\x00R\x07releaseB\t\n\x07message\"\x87\x02\n\x07Welcome\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12%\n\x0e\x63oordinator_id\x18\x02 \x01(\tR\rcoordinatorId\x12H\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x11heartbeatInterval\x12@\n\x0elease_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationR\rleaseDuration\x12*\n\x11max_payload_bytes\x18\x05 \x01(\x03R\x0fmaxPayloadBytes\"F\n\tLogCursor\x12\x18\n\x07\x63hannel\x18\x01 \x01(\tR\x07\x63hannel\x12\x1f\n\x0bnext_offset\x18\x02 \x01(\x03R\nnextOffset\"\xe2\x01\n\rEventBatchAck\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_epoch\x18\x02 \x01(\x03R\nleaseEpoch\x12\x19\n\x08\x62\x61tch_no\x18\x03 \x01(\x03R\x07\x62\x61tchNo\x12#\n\rcommitted_seq\x18\x04 \x01(\x03R\x0c\x63ommittedSeq\x12\x39\n\x0blog_cursors\x18\x05 \x03(\x0b\x32\x18.ledgerflow.v1.LogCursorR\nlogCursors\x12\x1c\n\tduplicate\x18\x06 \x01(\x08R\tduplicate\"n\n\rTaskResultAck\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_epoch\x18\x02 \x01(\x03R\nleaseEpoch\x12#\n\rcommitted_seq\x18\x03 \x01(\x03R\x0c\x63ommittedSeq\"\xb6\x01\n\x0cTaskRejected\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_epoch\x18\x02 \x01(\x03R\nleaseEpoch\x12\x19\n\x08\x62\x61tch_no\x18\x03 \x01(\x03R\x07\x62\x61tchNo\x12\x37\n\x06reason\x18\x04 \x01(\x0e\x32\x1f.ledgerflow.v1.TaskRejectReasonR\x06reason\x12\x18\n\x07message\x18\x05 \x01(\tR\x07message\"\xad\x01\n\tTaskLease\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_epoch\x18\x02 \x01(\x03R\nleaseEpoch\x12;\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\x12)\n\x10\x63\x61ncel_requested\x18\x04 \x01(\x08R\x0f\x63\x61ncelRequested\"@\n\x0cHeartbeatAck\x12\x30\n\x06leases\x18\x01 \x03(\x0b\x32\x18.ledgerflow.v1.TaskLeaseR\x06leases\"T\n\nCancelTask\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x15\n\x06run_id\x18\x02 \x01(\tR\x05runId\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\"`\n\x05\x44rain\x12\x16\n\x06reason\x18\x01 \x01(\tR\x06reason\x12?\n\rdeadline_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0c\x64\x65\x61\x64lineTime\"\xd3\x04\n\x0f\x43onnectResponse\x12\x32\n\x07welcome\x18\x01 \x01(\x0b\x32\x16.ledgerflow.v1.WelcomeH\x00R\x07welcome\x12\x42\n\rworkflow_task\x18\x02 \x01(\x0b\x32\x1b.ledgerflow.v1.WorkflowTaskH\x00R\x0cworkflowTask\x12\x39\n\tstep_task\x18\x03 \x01(\x0b\x32\x1a.ledgerflow.v1.StepRequestH\x00R\x08stepTask\x12\x46\n\x0f\x65vent_batch_ack\x18\x04 \x01(\x0b\x32\x1c.ledgerflow.v1.EventBatchAckH\x00R\reventBatchAck\x12\x46\n\x0ftask_result_ack\x18\x05 \x01(\x0b\x32\x1c.ledgerflow.v1.TaskResultAckH\x00R\rtaskResultAck\x12\x42\n\rtask_rejected\x18\x06 \x01(\x0b\x32\x1b.ledgerflow.v1.TaskRejectedH\x00R\x0ctaskRejected\x12\x42\n\rheartbeat_ack\x18\x07 \x01(\x0b\x32\x1b.ledgerflow.v1.HeartbeatAckH\x00R\x0cheartbeatAck\x12<\n\x0b\x63\x61ncel_task\x18\x08 \x01(\x0b\x32\x19.ledgerflow.v1.CancelTaskH\x00R\ncancelTask\x12,\n\x05\x64rain\x18\t \x01(\x0b\x32\x14.ledgerflow.v1.DrainH\x00R\x05\x64rainB\t\n\x07message*\xe6\x01\n\x10TaskRejectReason\x12\"\n\x1eTASK_REJECT_REASON_UNSPECIFIED\x10\x00\x12\"\n\x1eTASK_REJECT_REASON_STALE_LEASE\x10\x01\x12#\n\x1fTASK_REJECT_REASON_UNKNOWN_TASK\x10\x02\x12\x1e\n\x1aTASK_REJECT_REASON_INVALID\x10\x03\x12 \n\x1cTASK_REJECT_REASON_TOO_LARGE\x10\x04\x12#\n\x1fTASK_REJECT_REASON_RUN_FINISHED\x10\x05\x32]\n\rWorkerService\x12L\n\x07\x43onnect\x12\x1d.ledgerflow.v1.ConnectRequest\x1a\x1e.ledgerflow.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ledgerflow/v1/worker_service.proto\x12\rledgerflow.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1aledgerflow/v1/ledger.proto\x1a\x18ledgerflow/v1/step.proto\x1a\x1cledgerflow/v1/workflow.proto\"D\n\x14WorkflowRegistration\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\"D\n\x08HeldTask\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_epoch\x18\x02 \x01(\x03R\nleaseEpoch\"\xed\x02\n\x0bWorkerHello\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1a\n\x08identity\x18\x02 \x01(\tR\x08identity\x12\x1a\n\x08language\x18\x03 \x01(\tR\x08language\x12\x1f\n\x0bsdk_version\x18\x04 \x01(\tR\nsdkVersion\x12\x41\n\tworkflows\x18\x05 \x03(\x0b\x32#.ledgerflow.v1.WorkflowRegistrationR\tworkflows\x12\x1d\n\nstep_kinds\x18\x06 \x03(\tR\tstepKinds\x12\x30\n\x14max_concurrent_tasks\x18\x07 \x01(\x05R\x12maxConcurrentTasks\x12\x36\n\nheld_tasks\x18\x08 \x03(\x0b\x32\x17.ledgerflow.v1.HeldTaskR\theldTasks\x12\x1c\n\tnamespace\x18\t \x01(\tR\tnamespace\"\x95\x01\n\nEventBatch\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_epoch\x18\x02 \x01(\x03R\nleaseEpoch\x12\x19\n\x08\x62\x61tch_no\x18\x03 \x01(\x03R\x07\x62\x61tchNo\x12\x32\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x1a.ledgerflow.v1.LedgerEventR\x06\x65vents\"I\n\rTaskHeartbeat\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_epoch\x18\x02 \x01(\x03R\nleaseEpoch\"?\n\tHeartbeat\x12\x32\n\x05tasks\x18\x01 \x03(\x0b\x32\x1c.ledgerflow.v1.TaskHeartbeatR\x05tasks\"w\n\x0bTaskRelease\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_epoch\x18\x02 \x01(\x03R\nleaseEpoch\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12\x16\n\x06\x66\x61iled\x18\x04 \x01(\x08R\x06\x66\x61iled\"\x8b\x03\n\x0e\x43onnectRequest\x12\x32\n\x05hello\x18\x01 \x01(\x0b\x32\x1a.ledgerflow.v1.WorkerHelloH\x00R\x05hello\x12<\n\x0b\x65vent_batch\x18\x02 \x01(\x0b\x32\x19.ledgerflow.v1.EventBatchH\x00R\neventBatch\x12\x38\n\theartbeat\x18\x03 \x01(\x0b\x32\x18.ledgerflow.v1.HeartbeatH\x00R\theartbeat\x12L\n\x0fworkflow_result\x18\x04 \x01(\x0b\x32!.ledgerflow.v1.WorkflowTaskResultH\x00R\x0eworkflowResult\x12<\n\x0bstep_result\x18\x05 \x01(\x0b\x32\x19.ledgerflow.v1.StepResultH\x00R\nstepResult\x12\x36\n\x07release\x18\x06 \x01(\x0b\x32\x1a.ledgerflow.v1.TaskReleaseH\x00R\x07releaseB\t\n\x07message\"\x87\x02\n\x07Welcome\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12%\n\x0e\x63oordinator_id\x18\x02 \x01(\tR\rcoordinatorId\x12H\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x11heartbeatInterval\x12@\n\x0elease_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationR\rleaseDuration\x12*\n\x11max_payload_bytes\x18\x05 \x01(\x03R\x0fmaxPayloadBytes\"F\n\tLogCursor\x12\x18\n\x07\x63hannel\x18\x01 \x01(\tR\x07\x63hannel\x12\x1f\n\x0bnext_offset\x18\x02 \x01(\x03R\nnextOffset\"\xe2\x01\n\rEventBatchAck\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_epoch\x18\x02 \x01(\x03R\nleaseEpoch\x12\x19\n\x08\x62\x61tch_no\x18\x03 \x01(\x03R\x07\x62\x61tchNo\x12#\n\rcommitted_seq\x18\x04 \x01(\x03R\x0c\x63ommittedSeq\x12\x39\n\x0blog_cursors\x18\x05 \x03(\x0b\x32\x18.ledgerflow.v1.LogCursorR\nlogCursors\x12\x1c\n\tduplicate\x18\x06 \x01(\x08R\tduplicate\"n\n\rTaskResultAck\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_epoch\x18\x02 \x01(\x03R\nleaseEpoch\x12#\n\rcommitted_seq\x18\x03 \x01(\x03R\x0c\x63ommittedSeq\"\xb6\x01\n\x0cTaskRejected\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_epoch\x18\x02 \x01(\x03R\nleaseEpoch\x12\x19\n\x08\x62\x61tch_no\x18\x03 \x01(\x03R\x07\x62\x61tchNo\x12\x37\n\x06reason\x18\x04 \x01(\x0e\x32\x1f.ledgerflow.v1.TaskRejectReasonR\x06reason\x12\x18\n\x07message\x18\x05 \x01(\tR\x07message\"\xad\x01\n\tTaskLease\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_epoch\x18\x02 \x01(\x03R\nleaseEpoch\x12;\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\x12)\n\x10\x63\x61ncel_requested\x18\x04 \x01(\x08R\x0f\x63\x61ncelRequested\"@\n\x0cHeartbeatAck\x12\x30\n\x06leases\x18\x01 \x03(\x0b\x32\x18.ledgerflow.v1.TaskLeaseR\x06leases\"T\n\nCancelTask\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x15\n\x06run_id\x18\x02 \x01(\tR\x05runId\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\"`\n\x05\x44rain\x12\x16\n\x06reason\x18\x01 \x01(\tR\x06reason\x12?\n\rdeadline_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0c\x64\x65\x61\x64lineTime\"\xd3\x04\n\x0f\x43onnectResponse\x12\x32\n\x07welcome\x18\x01 \x01(\x0b\x32\x16.ledgerflow.v1.WelcomeH\x00R\x07welcome\x12\x42\n\rworkflow_task\x18\x02 \x01(\x0b\x32\x1b.ledgerflow.v1.WorkflowTaskH\x00R\x0cworkflowTask\x12\x39\n\tstep_task\x18\x03 \x01(\x0b\x32\x1a.ledgerflow.v1.StepRequestH\x00R\x08stepTask\x12\x46\n\x0f\x65vent_batch_ack\x18\x04 \x01(\x0b\x32\x1c.ledgerflow.v1.EventBatchAckH\x00R\reventBatchAck\x12\x46\n\x0ftask_result_ack\x18\x05 \x01(\x0b\x32\x1c.ledgerflow.v1.TaskResultAckH\x00R\rtaskResultAck\x12\x42\n\rtask_rejected\x18\x06 \x01(\x0b\x32\x1b.ledgerflow.v1.TaskRejectedH\x00R\x0ctaskRejected\x12\x42\n\rheartbeat_ack\x18\x07 \x01(\x0b\x32\x1b.ledgerflow.v1.HeartbeatAckH\x00R\x0cheartbeatAck\x12<\n\x0b\x63\x61ncel_task\x18\x08 \x01(\x0b\x32\x19.ledgerflow.v1.CancelTaskH\x00R\ncancelTask\x12,\n\x05\x64rain\x18\t \x01(\x0b\x32\x14.ledgerflow.v1.DrainH\x00R\x05\x64rainB\t\n\x07message*\xe6\x01\n\x10TaskRejectReason\x12\"\n\x1eTASK_REJECT_REASON_UNSPECIFIED\x10\x00\x12\"\n\x1eTASK_REJECT_REASON_STALE_LEASE\x10\x01\x12#\n\x1fTASK_REJECT_REASON_UNKNOWN_TASK\x10\x02\x12\x1e\n\x1aTASK_REJECT_REASON_INVALID\x10\x03\x12 \n\x1cTASK_REJECT_REASON_TOO_LARGE\x10\x04\x12#\n\x1fTASK_REJECT_REASON_RUN_FINISHED\x10\x05\x32]\n\rWorkerService\x12L\n\x07\x43onnect\x12\x1d.ledgerflow.v1.ConnectRequest\x1a\x1e.ledgerflow.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ledgerflow.v1.worker_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKREJECTREASON']._serialized_start=3380
-  _globals['_TASKREJECTREASON']._serialized_end=3610
+  _globals['_TASKREJECTREASON']._serialized_start=3410
+  _globals['_TASKREJECTREASON']._serialized_end=3640
   _globals['_WORKFLOWREGISTRATION']._serialized_start=202
   _globals['_WORKFLOWREGISTRATION']._serialized_end=270
   _globals['_HELDTASK']._serialized_start=272
   _globals['_HELDTASK']._serialized_end=340
   _globals['_WORKERHELLO']._serialized_start=343
-  _globals['_WORKERHELLO']._serialized_end=678
-  _globals['_EVENTBATCH']._serialized_start=681
-  _globals['_EVENTBATCH']._serialized_end=830
-  _globals['_TASKHEARTBEAT']._serialized_start=832
-  _globals['_TASKHEARTBEAT']._serialized_end=905
-  _globals['_HEARTBEAT']._serialized_start=907
-  _globals['_HEARTBEAT']._serialized_end=970
-  _globals['_TASKRELEASE']._serialized_start=972
-  _globals['_TASKRELEASE']._serialized_end=1091
-  _globals['_CONNECTREQUEST']._serialized_start=1094
-  _globals['_CONNECTREQUEST']._serialized_end=1489
-  _globals['_WELCOME']._serialized_start=1492
-  _globals['_WELCOME']._serialized_end=1755
-  _globals['_LOGCURSOR']._serialized_start=1757
-  _globals['_LOGCURSOR']._serialized_end=1827
-  _globals['_EVENTBATCHACK']._serialized_start=1830
-  _globals['_EVENTBATCHACK']._serialized_end=2056
-  _globals['_TASKRESULTACK']._serialized_start=2058
-  _globals['_TASKRESULTACK']._serialized_end=2168
-  _globals['_TASKREJECTED']._serialized_start=2171
-  _globals['_TASKREJECTED']._serialized_end=2353
-  _globals['_TASKLEASE']._serialized_start=2356
-  _globals['_TASKLEASE']._serialized_end=2529
-  _globals['_HEARTBEATACK']._serialized_start=2531
-  _globals['_HEARTBEATACK']._serialized_end=2595
-  _globals['_CANCELTASK']._serialized_start=2597
-  _globals['_CANCELTASK']._serialized_end=2681
-  _globals['_DRAIN']._serialized_start=2683
-  _globals['_DRAIN']._serialized_end=2779
-  _globals['_CONNECTRESPONSE']._serialized_start=2782
-  _globals['_CONNECTRESPONSE']._serialized_end=3377
-  _globals['_WORKERSERVICE']._serialized_start=3612
-  _globals['_WORKERSERVICE']._serialized_end=3705
+  _globals['_WORKERHELLO']._serialized_end=708
+  _globals['_EVENTBATCH']._serialized_start=711
+  _globals['_EVENTBATCH']._serialized_end=860
+  _globals['_TASKHEARTBEAT']._serialized_start=862
+  _globals['_TASKHEARTBEAT']._serialized_end=935
+  _globals['_HEARTBEAT']._serialized_start=937
+  _globals['_HEARTBEAT']._serialized_end=1000
+  _globals['_TASKRELEASE']._serialized_start=1002
+  _globals['_TASKRELEASE']._serialized_end=1121
+  _globals['_CONNECTREQUEST']._serialized_start=1124
+  _globals['_CONNECTREQUEST']._serialized_end=1519
+  _globals['_WELCOME']._serialized_start=1522
+  _globals['_WELCOME']._serialized_end=1785
+  _globals['_LOGCURSOR']._serialized_start=1787
+  _globals['_LOGCURSOR']._serialized_end=1857
+  _globals['_EVENTBATCHACK']._serialized_start=1860
+  _globals['_EVENTBATCHACK']._serialized_end=2086
+  _globals['_TASKRESULTACK']._serialized_start=2088
+  _globals['_TASKRESULTACK']._serialized_end=2198
+  _globals['_TASKREJECTED']._serialized_start=2201
+  _globals['_TASKREJECTED']._serialized_end=2383
+  _globals['_TASKLEASE']._serialized_start=2386
+  _globals['_TASKLEASE']._serialized_end=2559
+  _globals['_HEARTBEATACK']._serialized_start=2561
+  _globals['_HEARTBEATACK']._serialized_end=2625
+  _globals['_CANCELTASK']._serialized_start=2627
+  _globals['_CANCELTASK']._serialized_end=2711
+  _globals['_DRAIN']._serialized_start=2713
+  _globals['_DRAIN']._serialized_end=2809
+  _globals['_CONNECTRESPONSE']._serialized_start=2812
+  _globals['_CONNECTRESPONSE']._serialized_end=3407
+  _globals['_WORKERSERVICE']._serialized_start=3642
+  _globals['_WORKERSERVICE']._serialized_end=3735
 # @@protoc_insertion_point(module_scope)

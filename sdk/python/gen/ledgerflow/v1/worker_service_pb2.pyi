@@ -126,6 +126,7 @@ class WorkerHello(_message.Message):
     STEP_KINDS_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENT_TASKS_FIELD_NUMBER: _builtins.int
     HELD_TASKS_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """worker_id identifies the worker process; stable across its reconnects."""
     identity: _builtins.str
@@ -136,6 +137,10 @@ class WorkerHello(_message.Message):
     """sdk_version is the SDK's version."""
     max_concurrent_tasks: _builtins.int
     """max_concurrent_tasks caps the tasks assigned at once; 0 means 1."""
+    namespace: _builtins.str
+    """namespace limits the worker to runs of one namespace; empty means the worker's token's
+    namespace, or every namespace for a token (or a coordinator without tokens) of all.
+    """
     @_builtins.property
     def workflows(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkflowRegistration]:
         """workflows are the workflows the worker runs."""
@@ -159,10 +164,11 @@ class WorkerHello(_message.Message):
         step_kinds: _abc.Iterable[_builtins.str] | None = ...,
         max_concurrent_tasks: _builtins.int = ...,
         held_tasks: _abc.Iterable[Global___HeldTask] | None = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_tasks", b"held_tasks", "identity", b"identity", "language", b"language", "max_concurrent_tasks", b"max_concurrent_tasks", "sdk_version", b"sdk_version", "step_kinds", b"step_kinds", "worker_id", b"worker_id", "workflows", b"workflows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_tasks", b"held_tasks", "identity", b"identity", "language", b"language", "max_concurrent_tasks", b"max_concurrent_tasks", "namespace", b"namespace", "sdk_version", b"sdk_version", "step_kinds", b"step_kinds", "worker_id", b"worker_id", "workflows", b"workflows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -36,10 +37,36 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def connection_settings(
-    args: argparse.Namespace,
-) -> tuple[str | None, grpc.ChannelCredentials | None]:
-    """Return the token and channel credentials the connection flags (or env) ask for.
+def add_namespace_flag(parser: argparse.ArgumentParser, does: str, default: str) -> None:
+    """Add ``--namespace``, saying what it ``does`` for the command and its ``default``."""
+    parser.add_argument(
+        "--namespace",
+        metavar="NS",
+        default=None,
+        help=f"{does} (env LEDGERFLOW_NAMESPACE; default: {default})",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """What the connection flags (or their env variables) ask for.
+
+    Attributes:
+        token: The bearer token; None sends none.
+        credentials: TLS channel credentials; None for plaintext.
+        namespace: The namespace to act in; None names none (the coordinator decides).
+    """
+
+    token: str | None
+    credentials: grpc.ChannelCredentials | None
+    namespace: str | None
+
+
+def connection_settings(args: argparse.Namespace) -> ConnectionSettings:
+    """Return the token, channel credentials and namespace the flags (or env) ask for.
+
+    The namespace is passed on unchecked: the coordinator's INVALID_ARGUMENT names the
+    field, and its rules stay in one place.
 
     Raises:
         CommandError: If the CA file cannot be read.
@@ -47,6 +74,7 @@ def connection_settings(
     import grpc
 
     token = getattr(args, "token", None) or os.environ.get("LEDGERFLOW_TOKEN") or None
+    namespace = getattr(args, "namespace", None) or os.environ.get("LEDGERFLOW_NAMESPACE") or None
     ca_path = getattr(args, "tls_ca", None) or os.environ.get("LEDGERFLOW_TLS_CA") or None
     credentials = None
     if ca_path is not None:
@@ -55,4 +83,4 @@ def connection_settings(
                 credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
         except OSError as err:
             raise CommandError(f"--tls-ca: cannot read {ca_path}: {err.strerror}") from err
-    return token, credentials
+    return ConnectionSettings(token, credentials, namespace)

@@ -94,6 +94,12 @@ def compensation_status(status: int) -> str:
     return enum_name(pb.CompensationStatus, status, "COMPENSATION_STATUS_")
 
 
+def format_namespace(namespace: str) -> str:
+    """A run's namespace as people see it: empty for ``default``, where most runs live."""
+    # A run created before namespaces existed names none: it lives in "default".
+    return "" if namespace in ("", "default") else namespace
+
+
 def format_time(stamp: Timestamp, *, millis: bool = False) -> str:
     """A timestamp in UTC, ``2026-01-02 03:04:05Z``; ``-`` when unset."""
     if not stamp.seconds and not stamp.nanos:
@@ -451,6 +457,8 @@ def render_snapshot(snap: pb.RunSnapshot, *, log_lines: int = LOG_TAIL_LINES) ->
     title = f"run {snap.run_id}"
     if snap.HasField("workflow_name"):
         title += f" · {snap.workflow_name}"
+    if format_namespace(snap.namespace):
+        title += f" · namespace {snap.namespace}"
     return Panel(Group(*parts), title=title, title_align="left", expand=True)
 
 

@@ -4,6 +4,12 @@ Every command takes ``--address HOST:PORT`` (env ``LEDGERFLOW_ADDRESS``, default
 ``127.0.0.1:7170``) and ``--json`` (one JSON object per line, proto messages in proto
 JSON).
 
+``--namespace NS`` (env ``LEDGERFLOW_NAMESPACE``) is where ``start`` creates runs and
+what ``list`` shows; without it the coordinator decides (the token's namespace, else
+``default`` for new runs and every namespace for ``list``). The other commands find a
+run by its id, which is unique across namespaces. People see a run's namespace only
+when it is not ``default``; ``--json`` always carries it.
+
 ``watch``, ``start --watch`` and ``result`` follow a run to its end; ``watch`` shows
 it live (see ``_live``: a redrawn rich view on a terminal, a line per change on a
 pipe).
@@ -35,13 +41,19 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from ledgerflow.cli._common import EXIT_USAGE, add_connection_flags, connection_settings
+from ledgerflow.cli._common import (
+    EXIT_USAGE,
+    add_connection_flags,
+    add_namespace_flag,
+    connection_settings,
+)
 from ledgerflow.cli._live import (
     EXIT_COMPLETED,
     EXIT_RUN_DID_NOT_COMPLETE,
     LineView,
     enum_name,
     format_error,
+    format_namespace,
     format_payload,
     format_time,
     make_view,
@@ -97,6 +109,12 @@ def register(commands: Any) -> None:
         help="the coordinator (env LEDGERFLOW_ADDRESS; default %(default)s)",
     )
     add_connection_flags(common)
+    add_namespace_flag(
+        common,
+        "the namespace `start` creates runs in and `list` shows; other commands find "
+        "a run by id in any namespace",
+        "the token's namespace, else `default` for new runs and all for `list`",
+    )
     common.add_argument(
         "--json", action="store_true", help="print one JSON object per line (proto JSON)"
     )
@@ -338,9 +356,13 @@ def _connected(body: _Body) -> Callable[[argparse.Namespace], int]:
 
     def handler(args: argparse.Namespace) -> int:
         try:
-            token, credentials = connection_settings(args)
+            settings = connection_settings(args)
             with SyncClient.connect(
-                args.address, connect_timeout=CONNECT_TIMEOUT, token=token, credentials=credentials
+                args.address,
+                connect_timeout=CONNECT_TIMEOUT,
+                token=settings.token,
+                credentials=settings.credentials,
+                namespace=settings.namespace,
             ) as client:
                 status = body(client, args)
                 sys.stdout.flush()
@@ -382,6 +404,7 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
 
 # Shared with the live view, so a run reads the same everywhere.
 _time = format_time
+_namespace = format_namespace
 _payload = format_payload
 _error = format_error
 _enum_name = enum_name
@@ -410,6 +433,7 @@ def _list(client: SyncClient, args: argparse.Namespace) -> None:
                 _json(run)
             rows.append(
                 [
+                    _namespace(run.namespace),
                     run.run_id,
                     run.workflow_name,
                     _status(run.status),
@@ -428,7 +452,11 @@ def _list(client: SyncClient, args: argparse.Namespace) -> None:
     if not rows:
         _out("no runs")
         return
-    _table(["RUN ID", "WORKFLOW", "STATUS", "CREATED", "UPDATED"], rows)
+    header = ["NAMESPACE", "RUN ID", "WORKFLOW", "STATUS", "CREATED", "UPDATED"]
+    if not any(row[0] for row in rows):
+        # Every run is in the default namespace: the column would say nothing.
+        header, rows = header[1:], [row[1:] for row in rows]
+    _table(header, rows)
     if more:
         sys.stderr.write(f"(first {args.limit} runs shown; --limit 0 shows all)\n")
 
@@ -438,8 +466,10 @@ def _show(client: SyncClient, args: argparse.Namespace) -> None:
     if args.json:
         _json(snap)
         return
-    fields: list[tuple[str, str]] = [
-        ("run", snap.run_id),
+    fields: list[tuple[str, str]] = [("run", snap.run_id)]
+    if _namespace(snap.namespace):
+        fields.append(("namespace", snap.namespace))
+    fields += [
         ("workflow", " ".join(filter(None, [snap.workflow_name, snap.workflow_version]))),
         ("status", _status(snap.status)),
         ("created", _time(snap.create_time)),
@@ -651,10 +681,12 @@ def _start(client: SyncClient, args: argparse.Namespace) -> int:
     snap = started.snapshot
     if args.json:
         _json(snap, created=started.created)
-    elif started.created:
-        _out(f"run {started.run_id} created")
     else:
-        _out(f"run {started.run_id} already existed ({_status(snap.status)})")
+        where = f" in namespace {snap.namespace}" if _namespace(snap.namespace) else ""
+        if started.created:
+            _out(f"run {started.run_id} created{where}")
+        else:
+            _out(f"run {started.run_id} already existed{where} ({_status(snap.status)})")
     if not args.watch:
         return 0
     sys.stdout.flush()  # the run id is useful before the run ends

@@ -27,7 +27,12 @@ import time
 import traceback
 from typing import Any
 
-from ledgerflow.cli._common import CommandError, add_connection_flags, connection_settings
+from ledgerflow.cli._common import (
+    CommandError,
+    add_connection_flags,
+    add_namespace_flag,
+    connection_settings,
+)
 from ledgerflow.cli._run import DEFAULT_ADDRESS
 from ledgerflow.errors import LedgerflowError, WorkflowUsageError
 from ledgerflow.worker import DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONCURRENT_TASKS, Worker
@@ -60,6 +65,9 @@ def register(commands: Any) -> None:
         help=f"the coordinator (env LEDGERFLOW_ADDRESS; default {DEFAULT_ADDRESS})",
     )
     add_connection_flags(cmd)
+    add_namespace_flag(
+        cmd, "run only tasks of runs in this namespace", "the token's namespace, else all"
+    )
     cmd.add_argument(
         "--max-concurrent-tasks",
         type=_positive_int,
@@ -240,6 +248,7 @@ def _build_worker(target: Worker | Registry, args: argparse.Namespace) -> Worker
                 ("--drain-timeout", args.drain_timeout),
                 ("--token", args.token),
                 ("--tls-ca", args.tls_ca),
+                ("--namespace", args.namespace),
             )
             if value is not None
         ]
@@ -258,15 +267,16 @@ def _build_worker(target: Worker | Registry, args: argparse.Namespace) -> Worker
         except argparse.ArgumentTypeError as err:
             raise CommandError(f"LEDGERFLOW_MAX_CONCURRENT_TASKS: {err}") from None
     drain_timeout = DEFAULT_DRAIN_TIMEOUT if args.drain_timeout is None else args.drain_timeout
-    token, credentials = connection_settings(args)
+    settings = connection_settings(args)
     return Worker(
         address,
         target,
         max_concurrent_tasks=max_tasks,
         identity=args.identity or "",
         drain_timeout=drain_timeout,
-        token=token,
-        credentials=credentials,
+        namespace=settings.namespace,
+        token=settings.token,
+        credentials=settings.credentials,
     )
 
 

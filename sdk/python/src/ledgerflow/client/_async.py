@@ -39,8 +39,9 @@ class Client:
     Every method raises :mod:`ledgerflow.errors` types, never ``grpc.RpcError``:
     ``InvalidArgumentError`` (with ``field`` split off when the coordinator names one),
     ``RunNotFoundError``, ``RunAlreadyExistsError``, ``FailedPreconditionError``,
-    ``PayloadTooLargeError``, ``CoordinatorUnavailableError`` (unreachable, or no answer
-    within ``rpc_timeout``), and ``LedgerflowError`` for any other status.
+    ``PayloadTooLargeError``, ``PermissionDeniedError`` (the token does not allow the
+    call), ``CoordinatorUnavailableError`` (unreachable, or no answer within
+    ``rpc_timeout``), and ``LedgerflowError`` for any other status.
 
     Streaming and paging methods return async generators: a stream starts on first
     iteration and is cancelled when the generator closes. To stop one early without
@@ -50,6 +51,14 @@ class Client:
     Create one with ``await Client.connect(address)`` (checks the coordinator is reachable)
     or ``Client(address)`` (connects on first use), inside the event loop that will use
     it; close it with ``await client.close()`` or ``async with``.
+
+    A client may act in one namespace (``namespace="billing"``): its runs start there,
+    and listings and ``watch_runs`` keep that namespace's runs, unless a call names
+    another. Without one, the coordinator decides: the token's namespace when the token
+    is confined to one, else ``"default"`` for new runs and every namespace for
+    listings. A run is found by its id (``get_run``, handles, cancel, signal) whatever
+    the client's namespace: run ids are unique across namespaces, and a confined token
+    is answered ``RunNotFoundError`` for another namespace's run.
 
     Args:
         address: The coordinator's ``host:port``.
@@ -64,6 +73,10 @@ class Client:
             empty means ``user@host``.
         rpc_timeout: Seconds a unary call may take; None means no deadline. Streams
             never have one.
+        namespace: The namespace runs start in and listings keep by default (lowercase
+            letters, digits, ``_`` and ``-``); None (or empty) names none, leaving the
+            choice to the coordinator. A token confined to another namespace is refused
+            with ``PermissionDeniedError``.
     """
 
     def __init__(
@@ -74,6 +87,7 @@ class Client:
         options: Sequence[tuple[str, Any]] = (),
         identity: str = "",
         rpc_timeout: float | None = rq.DEFAULT_RPC_TIMEOUT,
+        namespace: str | None = None,
         token: str | None = None,
         tls: bool = False,
     ) -> None:
@@ -82,7 +96,7 @@ class Client:
             channel = aio.insecure_channel(address, options=list(options))
         else:
             channel = aio.secure_channel(address, credentials, options=list(options))
-        self._setup(channel, address, identity, rpc_timeout, token)
+        self._setup(channel, address, identity, rpc_timeout, token, namespace)
 
     def _setup(
         self,
@@ -91,8 +105,10 @@ class Client:
         identity: str,
         rpc_timeout: float | None,
         token: str | None = None,
+        namespace: str | None = None,
     ) -> None:
         self._metadata = bearer_metadata(token)
+        self._namespace = namespace or None
         self._channel = channel
         self._stub = run_service_pb2_grpc.RunServiceStub(channel)
         self._address = address
@@ -107,6 +123,7 @@ class Client:
         address: str = "",
         identity: str = "",
         rpc_timeout: float | None = rq.DEFAULT_RPC_TIMEOUT,
+        namespace: str | None = None,
         token: str | None = None,
     ) -> Self:
         """Wrap a channel built elsewhere (interceptors, custom credentials).
@@ -118,13 +135,14 @@ class Client:
             address: The address to name in errors.
             identity: As for the constructor.
             rpc_timeout: As for the constructor.
+            namespace: As for the constructor.
             token: As for the constructor.
 
         Returns:
             The client.
         """
         client = cls.__new__(cls)
-        client._setup(channel, address or "<channel>", identity, rpc_timeout, token)
+        client._setup(channel, address or "<channel>", identity, rpc_timeout, token, namespace)
         return client
 
     @classmethod
@@ -137,6 +155,7 @@ class Client:
         options: Sequence[tuple[str, Any]] = (),
         identity: str = "",
         rpc_timeout: float | None = rq.DEFAULT_RPC_TIMEOUT,
+        namespace: str | None = None,
         token: str | None = None,
         tls: bool = False,
     ) -> Self:
@@ -150,6 +169,7 @@ class Client:
             options: As for the constructor.
             identity: As for the constructor.
             rpc_timeout: As for the constructor.
+            namespace: As for the constructor.
             token: As for the constructor.
             tls: As for the constructor.
 
@@ -165,6 +185,7 @@ class Client:
             options=options,
             identity=identity,
             rpc_timeout=rpc_timeout,
+            namespace=namespace,
             token=token,
             tls=tls,
         )
@@ -203,6 +224,11 @@ class Client:
         """Who this client is, recorded with cancellations and signals."""
         return self._identity
 
+    @property
+    def namespace(self) -> str | None:
+        """The namespace runs start in and listings keep; None leaves it to the coordinator."""
+        return self._namespace
+
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
         await self._channel.close()
@@ -219,7 +245,9 @@ class Client:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"Client(address={self._address!r})"
+        if self._namespace is None:
+            return f"Client(address={self._address!r})"
+        return f"Client(address={self._address!r}, namespace={self._namespace!r})"
 
     async def _call(self, method: aio.UnaryUnaryMultiCallable[_Req, _Resp], request: _Req) -> _Resp:
         try:
@@ -254,6 +282,7 @@ class Client:
         tags: Iterable[str] = (),
         workflow_version: str = "",
         execution_timeout: timedelta | None = None,
+        namespace: str | None = None,
     ) -> rq.StartRunResult:
         """Start a run, or return the existing one for a repeated run id or idempotency key.
 
@@ -262,10 +291,13 @@ class Client:
             input: The workflow's input: any JSON value (``None`` is sent as null), or a
                 ``Payload`` already encoded.
             run_id: A client-chosen run id; empty lets the coordinator choose.
-            idempotency_key: Makes retries return the first run started with it.
+            idempotency_key: Makes retries return the first run started with it (keys
+                are per namespace).
             tags: Labels for the run.
             workflow_version: Pins a workflow version; empty takes any.
             execution_timeout: Bounds the run's whole life; None means no limit.
+            namespace: The namespace to start the run in; None means the client's, and
+                empty names none (the token's namespace, else ``"default"``).
 
         Returns:
             The run's snapshot and whether this call created it.
@@ -275,6 +307,7 @@ class Client:
                 refused a field.
             RunAlreadyExistsError: ``run_id`` exists for another workflow.
             PayloadTooLargeError: The input exceeds the coordinator's limit.
+            PermissionDeniedError: The token is confined to another namespace.
         """
         request = rq.start_run(
             workflow_name,
@@ -284,6 +317,7 @@ class Client:
             tags=tags,
             workflow_version=workflow_version,
             execution_timeout=execution_timeout,
+            namespace=rq.request_namespace(namespace, self._namespace),
         )
         return rq.start_run_result(await self._call(self._stub.StartRun, request))
 
@@ -298,6 +332,7 @@ class Client:
         version: str | None = None,
         tags: Iterable[str] = (),
         execution_timeout: timedelta | None = None,
+        namespace: str | None = None,
     ) -> RunHandle[_Out]: ...
     @overload
     async def start(
@@ -310,6 +345,7 @@ class Client:
         version: str | None = None,
         tags: Iterable[str] = (),
         execution_timeout: timedelta | None = None,
+        namespace: str | None = None,
     ) -> RunHandle[Any]: ...
     async def start(
         self,
@@ -321,6 +357,7 @@ class Client:
         version: str | None = None,
         tags: Iterable[str] = (),
         execution_timeout: timedelta | None = None,
+        namespace: str | None = None,
     ) -> RunHandle[Any]:
         """Start a run of a workflow and return its handle.
 
@@ -340,6 +377,8 @@ class Client:
                 the definition's (a name alone takes any version).
             tags: Labels for the run.
             execution_timeout: Bounds the run's whole life; None means no limit.
+            namespace: The namespace to start the run in; None means the client's (see
+                :meth:`start_run`).
 
         Returns:
             The run's handle.
@@ -349,6 +388,7 @@ class Client:
                 a field (``field`` names it).
             RunAlreadyExistsError: ``run_id`` exists for another workflow.
             PayloadTooLargeError: The input exceeds the coordinator's limit.
+            PermissionDeniedError: The token is confined to another namespace.
         """
         target = rq.workflow_target(workflow, version)
         started = await self.start_run(
@@ -359,6 +399,7 @@ class Client:
             tags=tags,
             workflow_version=target.version,
             execution_timeout=execution_timeout,
+            namespace=namespace,
         )
         return RunHandle(
             self, started.run_id, created=started.created, result_type=target.result_type
@@ -392,6 +433,7 @@ class Client:
         workflow_name: str = "",
         created_after: datetime | None = None,
         created_before: datetime | None = None,
+        namespace: str | None = None,
         page_size: int = 0,
         page_token: str = "",
     ) -> rq.ListRunsPage:
@@ -403,6 +445,8 @@ class Client:
             workflow_name: Keep runs of this workflow; empty keeps all.
             created_after: Keep runs created at or after this aware datetime.
             created_before: Keep runs created before this aware datetime.
+            namespace: Keep runs of this namespace; None means the client's, and empty
+                names none (the token's namespace, else every namespace).
             page_size: Runs per page; 0 lets the coordinator choose (50).
             page_token: ``next_page_token`` of the previous page; empty starts over.
 
@@ -410,9 +454,17 @@ class Client:
             The page.
 
         Raises:
-            InvalidArgumentError: Unknown status, naive datetime, bad page token or size.
+            InvalidArgumentError: Unknown status, naive datetime, bad namespace, page
+                token or size.
+            PermissionDeniedError: The token is confined to another namespace.
         """
-        selected = rq.run_filter(statuses, workflow_name, created_after, created_before)
+        selected = rq.run_filter(
+            statuses,
+            workflow_name,
+            created_after,
+            created_before,
+            rq.request_namespace(namespace, self._namespace),
+        )
         request = rq.list_runs(selected, page_size, page_token)
         return rq.list_runs_page(await self._call(self._stub.ListRuns, request))
 
@@ -423,6 +475,7 @@ class Client:
         workflow_name: str = "",
         created_after: datetime | None = None,
         created_before: datetime | None = None,
+        namespace: str | None = None,
         page_size: int = 0,
         page_token: str = "",
     ) -> AsyncGenerator[run_service_pb2.RunSummary, None]:
@@ -430,7 +483,13 @@ class Client:
 
         Takes the arguments of :meth:`list_runs`; ``page_token`` resumes a listing.
         """
-        selected = rq.run_filter(statuses, workflow_name, created_after, created_before)
+        selected = rq.run_filter(
+            statuses,
+            workflow_name,
+            created_after,
+            created_before,
+            rq.request_namespace(namespace, self._namespace),
+        )
         token: str | None = page_token
         while token is not None:
             request = rq.list_runs(selected, page_size, token)
@@ -552,6 +611,7 @@ class Client:
         workflow_name: str = "",
         created_after: datetime | None = None,
         created_before: datetime | None = None,
+        namespace: str | None = None,
         include_existing: bool = False,
     ) -> AsyncGenerator[run_service_pb2.RunSummary, None]:
         """Stream changes to the runs matching a filter (the filter of :meth:`list_runs`).
@@ -561,12 +621,19 @@ class Client:
             workflow_name: As for :meth:`list_runs`.
             created_after: As for :meth:`list_runs`.
             created_before: As for :meth:`list_runs`.
+            namespace: As for :meth:`list_runs`.
             include_existing: Send every matching run once before the changes.
 
         Returns:
             A run summary per change.
         """
-        selected = rq.run_filter(statuses, workflow_name, created_after, created_before)
+        selected = rq.run_filter(
+            statuses,
+            workflow_name,
+            created_after,
+            created_before,
+            rq.request_namespace(namespace, self._namespace),
+        )
         request = rq.watch_runs(selected, include_existing)
         return self._stream(self._stub.WatchRuns, request, rq.watched_runs)
 

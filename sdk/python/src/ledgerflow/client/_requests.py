@@ -164,15 +164,27 @@ def timestamp(value: datetime, field: str) -> Timestamp:
     return stamp
 
 
+def request_namespace(per_call: str | None, client: str | None) -> str:
+    """Return the namespace a request names: the call's, else the client's; empty for none.
+
+    The coordinator validates the name (and names the field when it refuses one), so it
+    is not checked here: its rules live in one place.
+    """
+    return (client or "") if per_call is None else per_call
+
+
 def run_filter(
     statuses: Iterable[RunStatusLike],
     workflow_name: str,
     created_after: datetime | None,
     created_before: datetime | None,
+    namespace: str = "",
 ) -> run_service_pb2.RunFilter:
-    """Build a RunFilter; empty arguments select everything."""
+    """Build a RunFilter; empty arguments select everything the caller may see."""
     selected = run_service_pb2.RunFilter(
-        statuses=[run_status(s) for s in statuses], workflow_name=workflow_name
+        statuses=[run_status(s) for s in statuses],
+        workflow_name=workflow_name,
+        namespace=namespace,
     )
     if created_after is not None:
         selected.created_after.CopyFrom(timestamp(created_after, "filter.created_after"))
@@ -190,6 +202,7 @@ def start_run(
     tags: Iterable[str],
     workflow_version: str,
     execution_timeout: timedelta | None,
+    namespace: str = "",
 ) -> run_service_pb2.StartRunRequest:
     """Build a StartRunRequest; the input is always sent, so ``None`` arrives as JSON null."""
     request = run_service_pb2.StartRunRequest(
@@ -199,6 +212,7 @@ def start_run(
         run_id=run_id,
         idempotency_key=idempotency_key,
         tags=list(tags),
+        namespace=namespace,
     )
     if execution_timeout is not None:
         timeout = Duration()

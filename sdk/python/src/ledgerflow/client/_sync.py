@@ -60,6 +60,8 @@ class SyncClient:
         identity: Who this client is, recorded with cancellations and signals;
             empty means ``user@host``.
         rpc_timeout: Seconds a unary call may take; None means no deadline.
+        namespace: The namespace runs start in and listings keep by default; None (or
+            empty) leaves the choice to the coordinator (see :class:`Client`).
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class SyncClient:
         options: Sequence[tuple[str, Any]] = (),
         identity: str = "",
         rpc_timeout: float | None = rq.DEFAULT_RPC_TIMEOUT,
+        namespace: str | None = None,
         token: str | None = None,
         tls: bool = False,
     ) -> None:
@@ -78,7 +81,7 @@ class SyncClient:
             channel = grpc.insecure_channel(address, options=list(options))
         else:
             channel = grpc.secure_channel(address, credentials, options=list(options))
-        self._setup(channel, address, identity, rpc_timeout, token)
+        self._setup(channel, address, identity, rpc_timeout, token, namespace)
 
     def _setup(
         self,
@@ -87,8 +90,10 @@ class SyncClient:
         identity: str,
         rpc_timeout: float | None,
         token: str | None = None,
+        namespace: str | None = None,
     ) -> None:
         self._metadata = bearer_metadata(token)
+        self._namespace = namespace or None
         self._channel = channel
         self._stub = run_service_pb2_grpc.RunServiceStub(channel)
         self._address = address
@@ -103,6 +108,7 @@ class SyncClient:
         address: str = "",
         identity: str = "",
         rpc_timeout: float | None = rq.DEFAULT_RPC_TIMEOUT,
+        namespace: str | None = None,
         token: str | None = None,
     ) -> Self:
         """Wrap a channel built elsewhere (interceptors, custom credentials, test fakes).
@@ -114,13 +120,14 @@ class SyncClient:
             address: The address to name in errors.
             identity: As for the constructor.
             rpc_timeout: As for the constructor.
+            namespace: As for the constructor.
             token: As for the constructor.
 
         Returns:
             The client.
         """
         client = cls.__new__(cls)
-        client._setup(channel, address or "<channel>", identity, rpc_timeout, token)
+        client._setup(channel, address or "<channel>", identity, rpc_timeout, token, namespace)
         return client
 
     @classmethod
@@ -133,6 +140,7 @@ class SyncClient:
         options: Sequence[tuple[str, Any]] = (),
         identity: str = "",
         rpc_timeout: float | None = rq.DEFAULT_RPC_TIMEOUT,
+        namespace: str | None = None,
         token: str | None = None,
         tls: bool = False,
     ) -> Self:
@@ -145,6 +153,7 @@ class SyncClient:
             options: As for the constructor.
             identity: As for the constructor.
             rpc_timeout: As for the constructor.
+            namespace: As for the constructor.
             token: As for the constructor.
             tls: As for the constructor.
 
@@ -160,6 +169,7 @@ class SyncClient:
             options=options,
             identity=identity,
             rpc_timeout=rpc_timeout,
+            namespace=namespace,
             token=token,
             tls=tls,
         )
@@ -200,6 +210,11 @@ class SyncClient:
         """Who this client is, recorded with cancellations and signals."""
         return self._identity
 
+    @property
+    def namespace(self) -> str | None:
+        """The namespace runs start in and listings keep; None leaves it to the coordinator."""
+        return self._namespace
+
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
         self._channel.close()
@@ -216,7 +231,9 @@ class SyncClient:
         self.close()
 
     def __repr__(self) -> str:
-        return f"SyncClient(address={self._address!r})"
+        if self._namespace is None:
+            return f"SyncClient(address={self._address!r})"
+        return f"SyncClient(address={self._address!r}, namespace={self._namespace!r})"
 
     def _call(
         self,
@@ -260,6 +277,7 @@ class SyncClient:
         tags: Iterable[str] = (),
         workflow_version: str = "",
         execution_timeout: timedelta | None = None,
+        namespace: str | None = None,
     ) -> rq.StartRunResult:
         """Start a run, or return the existing one; see :meth:`Client.start_run`."""
         request = rq.start_run(
@@ -270,6 +288,7 @@ class SyncClient:
             tags=tags,
             workflow_version=workflow_version,
             execution_timeout=execution_timeout,
+            namespace=rq.request_namespace(namespace, self._namespace),
         )
         return rq.start_run_result(self._call(self._stub.StartRun, request))
 
@@ -284,6 +303,7 @@ class SyncClient:
         version: str | None = None,
         tags: Iterable[str] = (),
         execution_timeout: timedelta | None = None,
+        namespace: str | None = None,
     ) -> SyncRunHandle[_Out]: ...
     @overload
     def start(
@@ -296,6 +316,7 @@ class SyncClient:
         version: str | None = None,
         tags: Iterable[str] = (),
         execution_timeout: timedelta | None = None,
+        namespace: str | None = None,
     ) -> SyncRunHandle[Any]: ...
     def start(
         self,
@@ -307,6 +328,7 @@ class SyncClient:
         version: str | None = None,
         tags: Iterable[str] = (),
         execution_timeout: timedelta | None = None,
+        namespace: str | None = None,
     ) -> SyncRunHandle[Any]:
         """Start a run of a workflow and return its handle; see :meth:`Client.start`."""
         target = rq.workflow_target(workflow, version)
@@ -318,6 +340,7 @@ class SyncClient:
             tags=tags,
             workflow_version=target.version,
             execution_timeout=execution_timeout,
+            namespace=namespace,
         )
         return SyncRunHandle(
             self, started.run_id, created=started.created, result_type=target.result_type
@@ -338,11 +361,18 @@ class SyncClient:
         workflow_name: str = "",
         created_after: datetime | None = None,
         created_before: datetime | None = None,
+        namespace: str | None = None,
         page_size: int = 0,
         page_token: str = "",
     ) -> rq.ListRunsPage:
         """Return one page of runs, newest first; see :meth:`Client.list_runs`."""
-        selected = rq.run_filter(statuses, workflow_name, created_after, created_before)
+        selected = rq.run_filter(
+            statuses,
+            workflow_name,
+            created_after,
+            created_before,
+            rq.request_namespace(namespace, self._namespace),
+        )
         request = rq.list_runs(selected, page_size, page_token)
         return rq.list_runs_page(self._call(self._stub.ListRuns, request))
 
@@ -353,11 +383,18 @@ class SyncClient:
         workflow_name: str = "",
         created_after: datetime | None = None,
         created_before: datetime | None = None,
+        namespace: str | None = None,
         page_size: int = 0,
         page_token: str = "",
     ) -> Generator[run_service_pb2.RunSummary, None, None]:
         """Iterate over every matching run across pages; see :meth:`Client.iter_runs`."""
-        selected = rq.run_filter(statuses, workflow_name, created_after, created_before)
+        selected = rq.run_filter(
+            statuses,
+            workflow_name,
+            created_after,
+            created_before,
+            rq.request_namespace(namespace, self._namespace),
+        )
         token: str | None = page_token
         while token is not None:
             request = rq.list_runs(selected, page_size, token)
@@ -416,10 +453,17 @@ class SyncClient:
         workflow_name: str = "",
         created_after: datetime | None = None,
         created_before: datetime | None = None,
+        namespace: str | None = None,
         include_existing: bool = False,
     ) -> Generator[run_service_pb2.RunSummary, None, None]:
         """Stream changes to matching runs; see :meth:`Client.watch_runs`."""
-        selected = rq.run_filter(statuses, workflow_name, created_after, created_before)
+        selected = rq.run_filter(
+            statuses,
+            workflow_name,
+            created_after,
+            created_before,
+            rq.request_namespace(namespace, self._namespace),
+        )
         request = rq.watch_runs(selected, include_existing)
         return self._stream(self._stub.WatchRuns, request, rq.watched_runs)
 

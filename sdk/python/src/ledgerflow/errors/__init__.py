@@ -64,6 +64,10 @@ class FailedPreconditionError(LedgerflowError):
     """The request is well-formed but the run's state forbids it (e.g. signal a finished run)."""
 
 
+class PermissionDeniedError(LedgerflowError, PermissionError):
+    """The caller's token does not allow the request (a missing scope, another namespace)."""
+
+
 class PayloadTooLargeError(LedgerflowError):
     """A payload or batch exceeds the configured limit; it was refused whole, not truncated."""
 
@@ -322,6 +326,7 @@ STATUS_CODE_NAMES: dict[type[LedgerflowError], str] = {
     RunAlreadyExistsError: "ALREADY_EXISTS",
     FailedPreconditionError: "FAILED_PRECONDITION",
     PayloadTooLargeError: "RESOURCE_EXHAUSTED",
+    PermissionDeniedError: "PERMISSION_DENIED",
     CoordinatorUnavailableError: "UNAVAILABLE",
 }
 """The gRPC status code (by name) each error travels as; subclasses use their base's."""
@@ -337,6 +342,7 @@ __all__ = [
     "LedgerflowError",
     "NonDeterminismError",
     "PayloadTooLargeError",
+    "PermissionDeniedError",
     "ResultTimeoutError",
     "RunAlreadyExistsError",
     "RunCancelledError",

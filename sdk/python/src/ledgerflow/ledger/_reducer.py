@@ -275,6 +275,8 @@ def _on_run_created(snap: pb.RunSnapshot, event: pb.LedgerEvent, occurred: int) 
         snap.parent_run_id = e.parent_run_id
     if e.idempotency_key:
         snap.idempotency_key = e.idempotency_key
+    if e.namespace:
+        snap.namespace = e.namespace
     if e.HasField("execution_timeout"):
         timeout = e.execution_timeout.seconds * 1_000_000_000 + e.execution_timeout.nanos
         set_nanos(snap.deadline_time, to_nanos(snap.create_time) + timeout)

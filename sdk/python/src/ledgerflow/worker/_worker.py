@@ -191,6 +191,8 @@ class Worker:
         address: The coordinator's ``host:port``.
         registry: The workflows served.
         max_concurrent_tasks: The most workflow tasks run at once.
+        namespace: The namespace whose runs' tasks the worker asks for (sent in
+            ``hello``); None names none.
     """
 
     def __init__(
@@ -201,6 +203,7 @@ class Worker:
         max_concurrent_tasks: int = DEFAULT_MAX_CONCURRENT_TASKS,
         identity: str = "",
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        namespace: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
         tls: bool = False,
@@ -218,6 +221,9 @@ class Worker:
             max_concurrent_tasks: The most workflow tasks run at once (sent in ``hello``).
             identity: A name for people, e.g. a pod name; empty means ``host:pid``.
             drain_timeout: Seconds :meth:`drain` lets running tasks finish by default.
+            namespace: Run only tasks of runs in this namespace (sent in ``hello``);
+                None (or empty) names none: the token's namespace when the token is
+                confined to one, else every namespace. The coordinator validates it.
             credentials: TLS credentials (custom root certificates, or a client
                 certificate for mutual TLS); None for a plaintext channel unless ``tls``.
             token: A bearer token with the ``worker`` scope, for a coordinator started
@@ -268,6 +274,7 @@ class Worker:
         self.address = address
         self.registry = registry
         self.max_concurrent_tasks = max_concurrent_tasks
+        self.namespace = namespace or None
         self._drain_timeout = drain_timeout
         self._credentials = channel_credentials(credentials, tls)
         self._metadata = bearer_metadata(token)
@@ -323,11 +330,12 @@ class Worker:
             seconds, reason = self._early_drain
             self._drain = _Drain(loop.time() + seconds, reason)
         _log.info(
-            "worker %s (%s) serving %s; coordinator %s",
+            "worker %s (%s) serving %s; coordinator %s%s",
             self.worker_id,
             self.identity,
             ", ".join(_registration_name(d) for d in self.registry),
             self.address,
+            f"; namespace {self.namespace}" if self.namespace else "",
         )
         try:
             while not self._drained():
@@ -498,6 +506,7 @@ class Worker:
             ],
             step_kinds=sorted(self.steps),
             max_concurrent_tasks=self.max_concurrent_tasks,
+            namespace=self.namespace or "",
             held_tasks=[
                 ws.HeldTask(task_id=s.task_id, lease_epoch=s.epoch) for s in self._tasks.values()
             ],
