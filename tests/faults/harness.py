@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -49,6 +51,55 @@ def worker(
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGCONT)  # a test may leave it stopped
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        log_file.close()
+
+
+# ``ledgerflow server`` with the worker service's DEBUG lines on stderr (a duplicate
+# batch is logged there), which the plain command does not configure.
+_SERVER_WITH_DEBUG_LOG = """
+import logging, sys
+logging.basicConfig(format="%(name)s %(levelname)s %(message)s")
+logging.getLogger("ledgerflow.coordinator.api._worker_service").setLevel(logging.DEBUG)
+from ledgerflow.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@contextmanager
+def coordinator(
+    db_url: str, port: int, *extra: str, log: Path, fault: str | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """Run ``ledgerflow server`` on ``port``, its stderr (with debug lines) appended to ``log``.
+
+    ``fault`` sets ``LEDGERFLOW_FAULT`` (``crash-before-commit:N``, ``crash-after-commit:N``):
+    the process then dies at that point of its N-th event batch.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "LEDGERFLOW_FAULT"}
+    if fault is not None:
+        env["LEDGERFLOW_FAULT"] = fault
+    log_file = log.open("a")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _SERVER_WITH_DEBUG_LOG,
+            "server",
+            *("--listen", f"127.0.0.1:{port}", "--database-url", db_url, *extra),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=log_file,
+        text=True,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert re.search(r"listening on", line), f"server did not start: {line!r}"
+        yield proc
+    finally:
+        if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
         log_file.close()

@@ -62,18 +62,67 @@ async def test_a_bad_hello_ends_the_stream_with_invalid_argument(
     assert (info.value.details() or "").startswith(field)
 
 
-async def test_an_undecodable_message_ends_the_stream_without_crashing_the_server(
+# hello.worker_id = invalid UTF-8: the frame cannot be parsed as a ConnectRequest.
+UNDECODABLE = b"\x0a\x03\x0a\x01\xff"
+
+
+def raw_connect(channel: grpc.aio.Channel) -> Any:
+    """A Connect stream whose frames are sent as given bytes (the server parses them)."""
+    return channel.stream_stream("/ledgerflow.v1.WorkerService/Connect", request_serializer=None)()
+
+
+def assert_unparseable(err: grpc.aio.AioRpcError) -> None:
+    assert err.code() == Code.INVALID_ARGUMENT, err
+    details = err.details() or ""
+    assert details.startswith("request: cannot be parsed"), details
+    assert "ledgerflow.v1.ConnectRequest" in details, details
+
+
+async def test_an_undecodable_first_message_is_invalid_argument(
     channel: grpc.aio.Channel,
 ) -> None:
-    stream: Any = channel.stream_stream(
-        "/ledgerflow.v1.WorkerService/Connect", request_serializer=None
-    )()
-    await stream.write(b"\x0a\x03\x0a\x01\xff")  # hello.worker_id = invalid UTF-8
+    stream = raw_connect(channel)
+    await stream.write(UNDECODABLE)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stream.read()
-    assert info.value.code() != Code.OK
+    assert_unparseable(info.value)
     # The coordinator still serves.
     await RunServiceStub(channel).StartRun(rpb.StartRunRequest(workflow_name="wf", run_id="x"))
+
+
+async def test_an_undecodable_message_mid_session_is_invalid_argument_and_changes_nothing(
+    channel: grpc.aio.Channel,
+) -> None:
+    runs = RunServiceStub(channel)
+    stream = raw_connect(channel)
+    await stream.write(hello().SerializeToString())
+    welcome = wpb.ConnectResponse.FromString(await stream.read())
+    assert welcome.HasField("welcome")
+    await runs.StartRun(rpb.StartRunRequest(workflow_name="wf", run_id="r1"))
+    task = wpb.ConnectResponse.FromString(await stream.read()).workflow_task
+    before = await fingerprint(channel)
+    # A garbage frame where a batch for the task could have been.
+    await stream.write(UNDECODABLE)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stream.read()
+    assert_unparseable(info.value)
+    assert await fingerprint(channel) == before
+    # The session's lease outlives the stream, as after any break: the worker may
+    # reconnect and claim the task.
+    again = Worker(channel)
+    held = [wpb.HeldTask(task_id=task.task_id, lease_epoch=task.lease_epoch)]
+    await again.call.write(hello(held_tasks=held))
+    await again.read("welcome")
+    await again.send(
+        event_batch=wpb.EventBatch(
+            task_id=task.task_id,
+            lease_epoch=task.lease_epoch,
+            batch_no=1,
+            events=[ev("", "step_started", step_id="s")],
+        )
+    )
+    assert (await again.read("event_batch_ack")).committed_seq == before[0][2] + 1
+    again.call.cancel()
 
 
 class Worker:

@@ -7,7 +7,12 @@ handlers alike. Anything else propagates and gRPC reports it as UNKNOWN.
 
 A request that does not parse (invalid UTF-8 in a string, corrupt framing, nesting
 past the parser's depth limit) is the client's fault, so it is answered with
-INVALID_ARGUMENT too: gRPC's own deserialization failure would report UNKNOWN.
+INVALID_ARGUMENT too: gRPC's own deserialization failure would report UNKNOWN. On
+a bidirectional stream (``WorkerService.Connect``) a frame that does not parse
+raises from the request iterator where the servicer reads it; the servicer lets
+the error end the call (the worker service carries it over from its reader task),
+and nothing of that frame is acted on. No RPC streams only requests, so
+client-streaming handlers are passed through.
 """
 
 from __future__ import annotations
@@ -79,6 +84,26 @@ def _stream(
     return handler
 
 
+async def _parsed(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.error
+        yield request
+
+
+def _bidi(
+    inner: Callable[[Any, Any], AsyncIterator[Any]],
+) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    async def handler(requests: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            async for item in inner(_parsed(requests), context):
+                yield item
+        except LedgerflowError as err:
+            await context.abort(status_code_for(err), str(err))
+
+    return handler
+
+
 class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
     """Aborts calls whose handler raised a LedgerflowError with the mapped status code."""
 
@@ -89,7 +114,7 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        """Wrap unary-unary and unary-stream handlers; pass the others through."""
+        """Wrap unary-unary, unary-stream and bidirectional handlers; pass the others through."""
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -104,6 +129,12 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
                 # grpc.aio servicers' stream methods are async generators; the
                 # stubs type the handler for the sync server.
                 _stream(cast(Callable[[Any, Any], AsyncIterator[Any]], handler.unary_stream)),
+                request_deserializer=_lenient(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _bidi(cast(Callable[[Any, Any], AsyncIterator[Any]], handler.stream_stream)),
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )

@@ -16,6 +16,21 @@ Choices where the issue is silent (also in docs/worker-protocol.md): a broken
 stream does not release its tasks — the worker may reconnect (to any
 coordinator) within the lease and claim them in ``hello.held_tasks``; a task
 whose lease expires is re-dispatched by whichever coordinator sweeps first.
+
+Silent sessions. A TCP stream can outlive the worker behind it (a stopped or
+swapped-out process, a host gone without a reset): its session still looks
+connected. Every worker heartbeats each interval, holding tasks or not, so a
+session heard from (any message) in none of the last three intervals is
+*inactive*: the dispatcher passes it over, and a lease it held that expires is
+dropped from it (it is told ``STALE_LEASE``) rather than given straight back to
+it. The session is not ended: its first message makes it active again, on the
+same stream, and whatever it sends for the lost tasks is fenced by their epochs.
+This is Hatchet's rule (a worker gets assignments only while its last heartbeat
+is recent; the stream stays open); Temporal gets the same effect by pulling
+(a stopped worker does not poll, so it is given nothing). Ending the stream
+would reach a stopped process no sooner, and would make a worker that was only
+slow for a moment reconnect and reclaim leases it still holds; a connection that
+is really dead is gRPC keepalive's to detect.
 """
 
 from __future__ import annotations
@@ -23,6 +38,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -30,7 +47,10 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import grpc
+from google.protobuf import json_format
 
+from ledgerflow.coordinator.api._auth import namespace_for
+from ledgerflow.coordinator.api._errors import status_code_for
 from ledgerflow.coordinator.api._run_service import Limits, check_events
 from ledgerflow.coordinator.store import Store, Touched
 from ledgerflow.coordinator.store._append import Outcome
@@ -45,6 +65,9 @@ from ledgerflow.v1 import worker_service_pb2 as wpb
 _log = logging.getLogger(__name__)
 
 _Context = grpc.aio.ServicerContext
+
+# Heartbeats a session may miss before it counts as silent (see the module docstring).
+_MISSED_HEARTBEATS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +86,21 @@ class LeaseConfig:
     def lease_nanos(self) -> int:
         """The lease length in nanoseconds."""
         return int(self.lease_seconds * 1_000_000_000)
+
+    @property
+    def silent_after_seconds(self) -> float:
+        """How long a session may say nothing before the dispatcher passes it over.
+
+        Three heartbeat intervals, but at most the lease less one interval: a
+        session that stopped renewing a lease must count as silent by the time the
+        lease expires, or the task would go straight back to it.
+        """
+        limit = min(
+            _MISSED_HEARTBEATS * self.heartbeat_seconds, self.lease_seconds - self.heartbeat_seconds
+        )
+        # A heartbeat no shorter than the lease is a misconfiguration; do not pass
+        # over every session because of it.
+        return max(limit, self.heartbeat_seconds)
 
 
 @dataclass(slots=True)
@@ -87,6 +125,13 @@ class Session:
     held: dict[str, Held] = field(default_factory=dict)
     outbox: asyncio.Queue[wpb.ConnectResponse | None] = field(default_factory=asyncio.Queue)
     draining: bool = False
+    # time.monotonic() of the last message of any kind from the worker.
+    last_heard: float = field(default_factory=time.monotonic)
+    # Why the stream ends, when the worker's stream itself is at fault (a frame that
+    # does not parse): the Connect handler raises it, the interceptor maps it.
+    error: LedgerflowError | None = None
+    # The namespace whose runs' tasks the session takes; None takes every namespace's.
+    namespace: str | None = None
 
     @property
     def free(self) -> int:
@@ -175,6 +220,29 @@ class Dispatcher:
                         )
                     )
 
+    def _lapsed(self, task_ids: Sequence[str]) -> None:
+        """Take tasks whose leases expired away from the sessions here that held them.
+
+        Otherwise the session would keep counting them against its capacity and be
+        sent their cancellations, though it no longer holds them. It is told at
+        once: a live but slow worker stops the task, a stopped one learns on resuming.
+        (A lease another coordinator expired is found stale at the session's next
+        heartbeat instead.)
+        """
+        expired = set(task_ids)
+        if not expired:
+            return
+        for session in self.sessions.values():
+            for task_id in session.held.keys() & expired:
+                held = session.held.pop(task_id)
+                session.reject(
+                    task_id,
+                    held.epoch,
+                    wpb.TASK_REJECT_REASON_STALE_LEASE,
+                    "the lease expired: no heartbeat renewed it in time, "
+                    "and the task is dispatched again",
+                )
+
     async def _loop(self) -> None:
         while not self._stopped:
             self._wake.clear()
@@ -190,8 +258,13 @@ class Dispatcher:
     async def _round(self) -> float:
         """Sweep expired leases, fill every session's free capacity; return the next timeout."""
         # Leases that ended become pending again, for the claims below.
-        await self._store.expire_leases()
+        self._lapsed(await self._store.expire_leases())
+        claims_from = time.time_ns()
+        now = time.monotonic()
+        silent_after = self._leases.silent_after_seconds
         for session in list(self.sessions.values()):
+            if now - session.last_heard > silent_after:
+                continue  # inactive: its next message wakes us (WorkerService._read)
             while session.free and session.session_id in self.sessions and not self._stopped:
                 claimed = await self._store.claim_tasks(
                     queues=session.queues,
@@ -200,6 +273,7 @@ class Dispatcher:
                     worker_id=session.worker_id,
                     session_id=session.session_id,
                     step_queues=session.step_queues,
+                    namespace=session.namespace,
                 )
                 if not claimed:
                     break
@@ -222,13 +296,83 @@ class Dispatcher:
                     session.held[task.task_id].cancel_sent = wt.cancel_requested
                     session.send(wpb.ConnectResponse(workflow_task=wt))
         queues = sorted({q for s in self.sessions.values() for q in (*s.queues, *s.step_queues)})
-        wakeup = await self._store.next_task_wakeup(queues)
+        # A task already available that the claims left pending has no free taker here
+        # (every session is full, silent, or of another namespace): what frees one wakes
+        # us (a result or release, a new session, a silent one heard from), so only
+        # tasks that come due later set the timeout. Counting the others would spin.
+        wakeup = await self._store.next_task_wakeup(queues, after=claims_from)
         # Other coordinators' tasks and leases change without telling us unless we
         # share a Postgres NOTIFY stream; look at least once a lease period.
         timeout = self._leases.lease_seconds / 2
         if wakeup is not None:
             timeout = min(timeout, max(0.0, (wakeup - time.time_ns()) / 1e9) + 0.001)
         return timeout
+
+
+FAULT_ENV = "LEDGERFLOW_FAULT"
+"""Test-only: ``crash-before-commit:N`` or ``crash-after-commit:N`` (see :class:`CrashPoint`)."""
+
+
+@dataclass(slots=True)
+class CrashPoint:
+    """A test-only fault: the process dies, as under SIGKILL, at its N-th event batch.
+
+    Set ``LEDGERFLOW_FAULT`` to ``crash-before-commit:N`` (the batch was received and
+    checked but not handed to the store: nothing of it is committed) or
+    ``crash-after-commit:N`` (its append committed; the ack is never sent). Read once
+    when the servicer is created; unset, the only cost is a ``None`` check per batch.
+    The process writes one line naming the batch to stderr, then ``os._exit(137)``:
+    no ``finally``, no shutdown, no drain, like ``kill -9`` (137 = 128 + SIGKILL).
+    tests/faults/test_commit_kills.py restarts the coordinator after it.
+
+    Attributes:
+        point: ``"before-commit"`` or ``"after-commit"``.
+        at: Which batch (1 for the first this process handles) to die at.
+        seen: Batches that reached ``point`` so far.
+    """
+
+    point: str
+    at: int
+    seen: int = 0
+
+    @classmethod
+    def from_env(cls) -> CrashPoint | None:
+        """Return the fault ``LEDGERFLOW_FAULT`` asks for, or None when it is unset.
+
+        Raises:
+            ValueError: The variable is set but is not one of the two forms.
+        """
+        raw = os.environ.get(FAULT_ENV)
+        if not raw:
+            return None
+        name, _, count = raw.partition(":")
+        point = name.removeprefix("crash-")
+        if name == point or point not in ("before-commit", "after-commit") or not count.isdigit():
+            raise ValueError(
+                f"{FAULT_ENV} must be crash-before-commit:N or crash-after-commit:N, got {raw!r}"
+            )
+        if int(count) < 1:
+            raise ValueError(f"{FAULT_ENV}: N counts batches from 1, got {raw!r}")
+        return cls(point, int(count))
+
+    def reached(self, point: str, batch: wpb.EventBatch, committed_seq: int = 0) -> None:
+        """Count a batch at ``point``; at the N-th, exit the process at once.
+
+        The line written first ends with the batch as JSON, and after a commit the
+        run's last seq, so a test can find exactly those events in the ledger.
+        """
+        if point != self.point:
+            return
+        self.seen += 1
+        if self.seen < self.at:
+            return
+        committed = f" committed_seq={committed_seq}" if point == "after-commit" else ""
+        body = json_format.MessageToJson(batch, indent=None)
+        sys.stderr.write(
+            f"{FAULT_ENV}: crash-{point} at event batch {self.at}{committed} batch={body}\n"
+        )
+        sys.stderr.flush()
+        os._exit(137)
 
 
 class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
@@ -243,6 +387,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         self._limits = limits
         self._leases = leases
         self.coordinator_id = str(uuid.uuid4())
+        self._crash = CrashPoint.from_env()
 
     async def Connect(  # noqa: N802
         self,
@@ -271,6 +416,8 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             while True:
                 message = await session.outbox.get()
                 if message is None:
+                    if session.error is not None:
+                        raise session.error
                     return
                 yield message
         finally:
@@ -301,8 +448,10 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                 check_id(kind, f"hello.step_kinds[{i}]")
             if hello.max_concurrent_tasks < 1:
                 raise InvalidArgumentError("hello.max_concurrent_tasks", "must be at least 1")
-        except InvalidArgumentError as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            # The token's namespace, or the one asked for if the token may act there.
+            namespace = namespace_for(hello.namespace, "hello.namespace")
+        except LedgerflowError as err:  # malformed, or a namespace the token may not serve
+            await context.abort(status_code_for(err), str(err))
         runtime = pb.Runtime(
             worker_id=hello.worker_id, language=hello.language, sdk_version=hello.sdk_version
         )
@@ -313,6 +462,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             queues=tuple(sorted({w.name for w in hello.workflows})),
             capacity=hello.max_concurrent_tasks,
             step_queues=tuple(sorted(set(hello.step_kinds))),
+            namespace=namespace,
         )
 
     async def _claim_held(self, session: Session, held: Sequence[wpb.HeldTask]) -> None:
@@ -344,8 +494,13 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
 
     async def _read(self, session: Session, requests: AsyncIterator[wpb.ConnectRequest]) -> None:
         pending: set[asyncio.Task[None]] = set()
+        silent_after = self._leases.silent_after_seconds
         try:
             async for request in requests:
+                now = time.monotonic()
+                if now - session.last_heard > silent_after:
+                    self._dispatcher.wake()  # passed over while silent: it may take work again
+                session.last_heard = now
                 handler = self._handler(session, request)
                 if handler is None:
                     continue
@@ -356,6 +511,8 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                 job.add_done_callback(pending.discard)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
+        except LedgerflowError as err:  # a frame that does not parse (api/_errors.py)
+            session.error = err
         finally:
             for job in list(pending):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -421,17 +578,30 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                 event.run_id = run_id
         try:
             check_events(events, self._limits)
+            if self._crash is not None:
+                self._crash.reached("before-commit", batch)
             outcome = await self._store.append_task_events(
                 run_id, batch.task_id, batch.lease_epoch, batch.batch_no, events
             )
         except LedgerflowError as err:  # refused, malformed or too large: nothing appended
             self._refused(session, batch.task_id, batch.lease_epoch, err, batch.batch_no)
             return
+        committed_seq = outcome.ranges.get(run_id, (0, 0))[1]
+        if self._crash is not None:
+            self._crash.reached("after-commit", batch, committed_seq)
+        if outcome.duplicate:
+            _log.debug(
+                "event batch %d of task %s (epoch %d) was appended before: "
+                "acknowledged again, nothing appended",
+                batch.batch_no,
+                batch.task_id,
+                batch.lease_epoch,
+            )
         ack = wpb.EventBatchAck(
             task_id=batch.task_id,
             lease_epoch=batch.lease_epoch,
             batch_no=batch.batch_no,
-            committed_seq=outcome.ranges.get(run_id, (0, 0))[1],
+            committed_seq=committed_seq,
             duplicate=outcome.duplicate,
         )
         cursors = cast(dict[str, int], outcome.value or {})
