@@ -2,18 +2,22 @@
 // Serves the kind "images": the step "resize" logs, reports progress, and — when
 // LEDGERFLOW_E2E_GATE names a file — waits for that file before it finishes, so a test
 // can kill this process mid-step. Each start of the handler appends a line to
-// $LEDGERFLOW_E2E_MARKS/resize, so the test can count real executions.
+// $LEDGERFLOW_E2E_MARKS/resize, so the test can count real executions. The connection comes
+// from the environment (./connection.ts); a worker the coordinator refuses (a bad token)
+// prints {"error": ...} and exits 1.
 import { appendFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
 import { StepWorker } from "../src/index.js";
+import { connectionFromEnv, reportError } from "./connection.js";
 
-const address = process.env.LEDGERFLOW_ADDRESS ?? "127.0.0.1:7170";
+const { address, options } = connectionFromEnv();
 const marks = process.env.LEDGERFLOW_E2E_MARKS ?? ".";
 const gate = process.env.LEDGERFLOW_E2E_GATE;
 
 const worker = new StepWorker({
+  ...options,
   address,
   kinds: ["images"],
   steps: {
@@ -33,4 +37,4 @@ const worker = new StepWorker({
   },
 });
 console.log("step worker ready");
-await worker.run();
+await worker.run().catch(reportError);

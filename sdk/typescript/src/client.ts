@@ -4,10 +4,10 @@
  *
  * @module
  */
-import { type Client as ConnectClient, createClient } from "@connectrpc/connect";
+import { type Client as ConnectClient, Code, ConnectError, createClient } from "@connectrpc/connect";
 
-import { type OwnedTransport, grpcTransport } from "./address.js";
-import { fromConnectError, runEndedError } from "./errors.js";
+import { type ConnectionOptions, type OwnedTransport, grpcTransport, resolveConnection } from "./address.js";
+import { type LedgerflowError, fromConnectError, runEndedError, unavailableError } from "./errors.js";
 import { type LogLine, RunStatus, type RunSnapshot } from "./gen/ledgerflow/v1/ledger_pb.js";
 import { RunService } from "./gen/ledgerflow/v1/run_service_pb.js";
 import { jsonPayload, payloadValue } from "./payload.js";
@@ -26,6 +26,11 @@ export interface StartOptions {
   tags?: string[];
   /** Bounds the run's whole life, in milliseconds. */
   executionTimeoutMs?: number;
+  /**
+   * The namespace the run lives in. Default: the token's namespace, or `default` for a token
+   * of every namespace (or a coordinator without tokens).
+   */
+  namespace?: string;
 }
 
 /** What {@link Client.start} returns. */
@@ -50,6 +55,8 @@ export interface StreamOptions {
  * @example
  * ```ts
  * const client = Client.connect("127.0.0.1:7170");
+ * // or, to a coordinator with --auth-tokens and TLS:
+ * // Client.connect("coordinator:7170", { token: process.env.LEDGERFLOW_TOKEN, tls: { ca: caPem } });
  * const { runId } = await client.start("order.checkout", { orderId: 42 }, { idempotencyKey: "order-42" });
  * const receipt = await client.result(runId); // throws RunFailedError, RunCancelledError, ...
  * client.close();
@@ -59,6 +66,7 @@ export class Client {
   /** The generated RunService client, for calls this class does not wrap (ListRuns, GetEvents...). */
   readonly runs: ConnectClient<typeof RunService>;
   readonly #owned: OwnedTransport;
+  #closed = false;
 
   private constructor(
     readonly address: string,
@@ -69,15 +77,20 @@ export class Client {
   }
 
   /**
-   * Creates a client for the coordinator at `address` (`host:port` or an `http://` URL). No I/O
-   * happens until the first call.
+   * Creates a client for the coordinator at `address`: `host:port`, or an `http://` or
+   * `https://` URL. No I/O happens until the first call.
+   *
+   * @param options - A bearer token (`client` scope) and TLS; see {@link ConnectionOptions}.
+   * @throws {@link InvalidArgumentError} if an option is malformed (checked here, not at the
+   *   first call).
    */
-  static connect(address: string): Client {
-    return new Client(address, grpcTransport(address));
+  static connect(address: string, options: ConnectionOptions = {}): Client {
+    return new Client(address, grpcTransport(resolveConnection(address, options)));
   }
 
   /** Closes the connection; calls in flight fail. */
   close(): void {
+    this.#closed = true;
     this.#owned.close();
   }
 
@@ -95,6 +108,7 @@ export class Client {
         runId: options.runId ?? "",
         idempotencyKey: options.idempotencyKey ?? "",
         tags: options.tags ?? [],
+        namespace: options.namespace ?? "",
         executionTimeout:
           options.executionTimeoutMs === undefined
             ? undefined
@@ -145,7 +159,7 @@ export class Client {
           if (isTerminal(snapshot.status)) return;
         }
       } catch (err) {
-        throw fromConnectError(err, this.address);
+        throw this.#error(err, options.signal);
       }
     }
   }
@@ -166,7 +180,7 @@ export class Client {
     try {
       for await (const response of stream) yield* response.lines;
     } catch (err) {
-      throw fromConnectError(err, this.address);
+      throw this.#error(err, options.signal);
     }
   }
 
@@ -212,7 +226,19 @@ export class Client {
     try {
       return await fn();
     } catch (err) {
-      throw fromConnectError(err, this.address);
+      throw this.#error(err);
     }
+  }
+
+  #error(err: unknown, signal?: AbortSignal): LedgerflowError {
+    // The coordinator never answers CANCELLED, but connect-node words a connection closed under
+    // a call as a CANCEL of its stream: a mutual-TLS handshake refused for want of a client
+    // certificate, plaintext sent to a TLS port, a coordinator gone mid-call (grpcio, and so
+    // the Python SDK, say UNAVAILABLE). Only a cancel the caller asked for (its signal, or
+    // close()) is one.
+    if (err instanceof ConnectError && err.code === Code.Canceled && !signal?.aborted && !this.#closed) {
+      return unavailableError(this.address, `the connection closed under the call (${err.rawMessage})`, err);
+    }
+    return fromConnectError(err, this.address);
   }
 }

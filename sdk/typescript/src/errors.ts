@@ -47,6 +47,15 @@ export class FailedPreconditionError extends LedgerflowError {
   override name = "FailedPreconditionError";
 }
 
+/**
+ * The caller's token does not allow the request: it lacks the scope the call needs, or it is
+ * confined to another namespace (PERMISSION_DENIED). A missing or unknown token is
+ * UNAUTHENTICATED, which arrives as a plain {@link LedgerflowError}, as in the Python SDK.
+ */
+export class PermissionDeniedError extends LedgerflowError {
+  override name = "PermissionDeniedError";
+}
+
 /** A payload or batch exceeds the coordinator's limit; refused whole (RESOURCE_EXHAUSTED). */
 export class PayloadTooLargeError extends LedgerflowError {
   override name = "PayloadTooLargeError";
@@ -134,6 +143,27 @@ export function runEndedError(snapshot: RunSnapshot): RunEndedError {
 const FIELD_PROBLEM =
   /^([a-z_][a-z0-9_]*(?:\[[^\]\s]*\])*(?:\.[a-z_][a-z0-9_]*(?:\[[^\]\s]*\])*)*): ([\s\S]+)$/;
 
+// Codes Node gives a failed TLS handshake: OpenSSL's (ERR_SSL_..., ERR_OSSL_...), Node's own
+// (ERR_TLS_...), and the X.509 verification results (UNABLE_TO_VERIFY_LEAF_SIGNATURE, ...).
+const TLS_FAILURE =
+  /^(?:ERR_SSL_|ERR_OSSL_|ERR_TLS_|UNABLE_TO_|CERT_|CRL_|ERROR_IN_C)|^(?:DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN|INVALID_CA|INVALID_PURPOSE|PATH_LENGTH_EXCEEDED|HOSTNAME_MISMATCH)$/;
+
+/** The Node TLS error somewhere in `err`'s cause chain, if the call failed in a TLS handshake. */
+function tlsFailure(err: unknown): Error | undefined {
+  const seen = new Set<unknown>();
+  for (let e = err; e instanceof Error && !seen.has(e); e = e.cause) {
+    seen.add(e);
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string" && TLS_FAILURE.test(code)) return e;
+  }
+  return undefined;
+}
+
+/** The error for a coordinator that cannot be reached, naming its address. */
+export function unavailableError(address: string, reason: string, cause: unknown): CoordinatorUnavailableError {
+  return new CoordinatorUnavailableError(`cannot reach the coordinator at ${address}: ${reason}`, { cause });
+}
+
 /**
  * Maps a failed call to the ledgerflow error its status code stands for.
  *
@@ -144,6 +174,11 @@ export function fromConnectError(err: unknown, address: string): LedgerflowError
   if (err instanceof LedgerflowError) return err;
   const e = ConnectError.from(err);
   const details = e.rawMessage;
+  // connect-node reports a failed handshake as INTERNAL; to the caller it is a coordinator it
+  // cannot reach, as grpcio (and so the Python SDK) reports it: an untrusted or unexpected
+  // certificate, TLS to a plaintext port.
+  const tls = tlsFailure(e);
+  if (tls !== undefined) return unavailableError(address, `TLS handshake failed: ${tls.message}`, e);
   switch (e.code) {
     case Code.InvalidArgument: {
       const match = FIELD_PROBLEM.exec(details);
@@ -155,14 +190,13 @@ export function fromConnectError(err: unknown, address: string): LedgerflowError
       return new RunAlreadyExistsError(details, { cause: e });
     case Code.FailedPrecondition:
       return new FailedPreconditionError(details, { cause: e });
+    case Code.PermissionDenied:
+      return new PermissionDeniedError(details, { cause: e });
     case Code.ResourceExhausted:
       return new PayloadTooLargeError(details, { cause: e });
     case Code.Unavailable:
     case Code.DeadlineExceeded:
-      return new CoordinatorUnavailableError(
-        `cannot reach the coordinator at ${address}: ${details || Code[e.code]}`,
-        { cause: e },
-      );
+      return unavailableError(address, details || Code[e.code]!, e);
     default:
       return new LedgerflowError(`${Code[e.code]}: ${details}`, { cause: e });
   }

@@ -35,12 +35,14 @@ export {
   toNanos,
 } from "./time.js";
 export { Client, type StartOptions, type StartedRun, type StreamOptions } from "./client.js";
+export type { ConnectionOptions, TlsOptions } from "./address.js";
 export {
   CoordinatorUnavailableError,
   FailedPreconditionError,
   InvalidArgumentError,
   LedgerflowError,
   PayloadTooLargeError,
+  PermissionDeniedError,
   RunAlreadyExistsError,
   RunCancelledError,
   RunEndedError,

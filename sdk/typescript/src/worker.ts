@@ -34,7 +34,7 @@ import { type MessageInitShape, create } from "@bufbuild/protobuf";
 import type { Duration } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 
-import { grpcTransport } from "./address.js";
+import { type Connection, type ConnectionOptions, grpcTransport, resolveConnection } from "./address.js";
 import { Backoff } from "./backoff.js";
 import { LedgerflowError, WorkerRefusedError } from "./errors.js";
 import type { ErrorInfo } from "./gen/ledgerflow/v1/common_pb.js";
@@ -71,8 +71,11 @@ import { SDK_VERSION } from "./version.js";
 export type StepHandler<I = any, O = unknown> = (input: I, ctx: StepContext) => O | Promise<O>;
 
 /** Options of a {@link StepWorker}. */
-export interface StepWorkerOptions {
-  /** The coordinator: `host:port` or an `http://` URL. */
+export interface StepWorkerOptions extends ConnectionOptions {
+  /**
+   * The coordinator: `host:port`, or an `http://` or `https://` URL. With `--auth-tokens` it
+   * needs a `token` with the `worker` scope.
+   */
   address: string;
   /** The worker kinds served (`hello.step_kinds`): steps scheduled with `worker_kind=` one of them. */
   kinds: string[];
@@ -80,6 +83,11 @@ export interface StepWorkerOptions {
   steps: Record<string, StepHandler>;
   /** The most step tasks run at once. Default 10. */
   maxConcurrentTasks?: number;
+  /**
+   * Serve only steps of runs in this namespace (`hello.namespace`). Default: the token's
+   * namespace, or every namespace for a token of all (or a coordinator without tokens).
+   */
+  namespace?: string;
   /** Identifies the worker process across reconnects. Default: a new UUID. */
   workerId?: string;
   /** A human-readable name. Default `host:pid`. */
@@ -178,6 +186,7 @@ export class StepWorker {
   readonly identity: string;
 
   readonly #options: StepWorkerOptions;
+  readonly #connection: Connection;
   readonly #tasks = new Map<string, Task>();
   readonly #changes = new Changes();
   readonly #backoff: Backoff;
@@ -187,8 +196,15 @@ export class StepWorker {
   #drainTimer: NodeJS.Timeout | undefined;
   #welcomeWaiters: (() => void)[] = [];
 
+  /**
+   * Configures a worker; nothing connects before {@link run}.
+   *
+   * @throws {@link LedgerflowError} without kinds; {@link InvalidArgumentError} if the address,
+   *   the token or the TLS material is malformed.
+   */
   constructor(options: StepWorkerOptions) {
     if (options.kinds.length === 0) throw new LedgerflowError("a StepWorker needs at least one kind");
+    this.#connection = resolveConnection(options.address, options);
     this.#options = options;
     this.workerId = options.workerId ?? randomUUID();
     this.identity = options.identity ?? `${hostname()}:${process.pid}`;
@@ -289,7 +305,7 @@ export class StepWorker {
   }
 
   async #runSession(): Promise<void> {
-    const owned = grpcTransport(this.#options.address);
+    const owned = grpcTransport(this.#connection);
     const client = createClient(WorkerService, owned.transport);
     const session: Session = {
       outbox: new AsyncQueue(),
@@ -315,6 +331,7 @@ export class StepWorker {
             stepKinds: this.#options.kinds,
             maxConcurrentTasks: this.#options.maxConcurrentTasks ?? 10,
             heldTasks: this.#heldTasks(),
+            namespace: this.#options.namespace ?? "",
           },
         },
       }),

@@ -73,6 +73,13 @@ describe("Client against ledgerflow server", () => {
     await assert.rejects(client.start("other.workflow", null, { runId: "run-idem" }), RunAlreadyExistsError);
   });
 
+  test("start places the run in the namespace asked for, default otherwise", async () => {
+    const placed = await client.start("producer.demo", null, { namespace: "tenant-a" });
+    assert.equal(placed.snapshot.namespace, "tenant-a");
+    const defaulted = await client.start("producer.demo", null);
+    assert.equal(defaulted.snapshot.namespace, "default");
+  });
+
   test("a producer run is watched to completion and its result returned", async () => {
     const runId = "run-producer";
     await client.start("producer.demo", { items: 2 }, { runId });

@@ -140,6 +140,7 @@ describe("StepWorker", () => {
   test("hello, welcome, a step task run to its result", async () => {
     const { worker } = startWorker({
       maxConcurrentTasks: 3,
+      namespace: "media",
       steps: {
         resize: async (input: { url: string }, ctx: StepContext) => {
           ctx.log.info(`resizing ${input.url}`);
@@ -156,6 +157,7 @@ describe("StepWorker", () => {
     assert.deepEqual(hello.stepKinds, ["images"]);
     assert.deepEqual(hello.workflows, []);
     assert.equal(hello.maxConcurrentTasks, 3);
+    assert.equal(hello.namespace, "media");
     assert.equal(hello.workerId, worker.workerId);
     assert.match(hello.workerId, /^[0-9a-f-]{36}$/);
     assert.deepEqual(hello.heldTasks, []);

@@ -30,7 +30,8 @@ export class ScriptedStream {
   readonly halfClosed: Promise<void>;
   #markHalfClosed!: () => void;
 
-  constructor() {
+  /** @param requestHeader - The HTTP/2 request headers the worker opened the stream with. */
+  constructor(readonly requestHeader: Headers = new Headers()) {
     this.halfClosed = new Promise((resolve) => (this.#markHalfClosed = resolve));
   }
 
@@ -102,8 +103,8 @@ export class ScriptedCoordinator {
       connect: false,
       routes: (router) =>
         router.service(WorkerService, {
-          connect: (requests) => {
-            const stream = new ScriptedStream();
+          connect: (requests, context) => {
+            const stream = new ScriptedStream(context.requestHeader);
             coordinator.#streams.push(stream);
             return stream.serve(requests);
           },
