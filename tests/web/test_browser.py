@@ -23,6 +23,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserType, Dialog, Page, expect, sync_playwright
 
 from ledgerflow.client import SyncClient
+from ledgerflow.coordinator.api._auth import hash_token, new_token
 from tests.e2e.test_workflows import BIN, free_port, server
 from tests.web.web_app import HOSTILE_LOG, HOSTILE_STEP
 
@@ -118,9 +119,13 @@ def page(browser: Browser) -> Iterator[Page]:
 
 
 def run_url(stack: Stack, run_id: str) -> str:
+    return run_url_for(stack.url, run_id)
+
+
+def run_url_for(base: str, run_id: str) -> str:
     from urllib.parse import quote
 
-    return f"{stack.url}/run?run_id={quote(run_id, safe='')}"
+    return f"{base}/run?run_id={quote(run_id, safe='')}"
 
 
 def test_runs_and_run_pages_follow_a_run_live_to_completion(
@@ -278,3 +283,82 @@ def test_the_runs_page_filters_and_pages(stack: Stack, page: Page) -> None:
     # A filter the API refuses shows its message.
     page.goto(stack.url + "/?workflow=%20")
     expect(page.locator("#message")).to_contain_text("INVALID_ARGUMENT: filter.workflow_name")
+
+
+@dataclass
+class SecuredStack:
+    url: str
+    client: SyncClient
+    client_token: str
+    worker_token: str
+
+
+@pytest.fixture(scope="module")
+def secured_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredStack]:
+    """``ledgerflow server --auth-tokens --http-listen``; no worker: its runs stay queued."""
+    app_dir = tmp_path_factory.mktemp("web-auth")
+    client_token, worker_token = new_token(), new_token()
+    tokens = app_dir / "tokens.toml"
+    tokens.write_text(
+        f'[[tokens]]\nname = "app"\nsha256 = "{hash_token(client_token)}"\nscopes = ["client"]\n'
+        f'[[tokens]]\nname = "ci-worker"\nsha256 = "{hash_token(worker_token)}"\n'
+        'scopes = ["worker"]\n'
+    )
+    port, http_port = free_port(), free_port()
+    database = f"sqlite+aiosqlite:///{app_dir / 'ledgerflow.db'}"
+    extra = ["--http-listen", f"127.0.0.1:{http_port}", "--auth-tokens", str(tokens)]
+    with server(database, port, *extra):
+        client = SyncClient.connect(f"127.0.0.1:{port}", token=client_token)
+        try:
+            yield SecuredStack(f"http://127.0.0.1:{http_port}", client, client_token, worker_token)
+        finally:
+            client.close()
+
+
+def test_signing_in_with_a_token_shows_the_runs_live_and_signing_out_hides_them(
+    secured_stack: SecuredStack, page: Page
+) -> None:
+    stack = secured_stack
+    stack.client.start("web.unserved", run_id="secret-1")
+    page.goto(stack.url + "/")
+    form = page.locator("#sign-in")
+    expect(form).to_be_visible()
+    expect(page.locator("table.runs")).to_be_hidden()
+    message = page.locator("#sign-in-message")
+
+    page.fill("#sign-in-token", "lf_not-a-token")
+    page.click("#sign-in-button")
+    expect(message).to_have_text("UNAUTHENTICATED: unknown token")
+    page.fill("#sign-in-token", stack.worker_token)
+    page.click("#sign-in-button")
+    expect(message).to_contain_text("PERMISSION_DENIED: token 'ci-worker' lacks the 'client'")
+
+    page.fill("#sign-in-token", stack.client_token)
+    page.click("#sign-in-button")
+    expect(page.locator('tr[data-run-id="secret-1"]')).to_be_visible()
+    expect(form).to_have_count(0)
+    expect(page.locator("#who")).to_have_text("app")
+    # The runs stream is an EventSource: it can only have opened with the cookie.
+    expect(page.locator("#live")).to_have_text("live")
+    stack.client.start("web.unserved", run_id="secret-2")
+    expect(page.locator('tr[data-run-id="secret-2"]')).to_be_visible()
+    assert page.evaluate("document.cookie") == ""  # HttpOnly: page scripts cannot read it
+    assert stack.client_token not in page.content()
+
+    # An action records the token's name as who pressed the button.
+    page.goto(run_url_for(stack.url, "secret-1"))
+    expect(page.locator("#run-id")).to_have_text("secret-1")
+    page.fill("#cancel-reason", "from the dashboard")
+    page.click("#cancel-button")
+    expect(page.locator("#action-message")).to_contain_text("Cancellation requested (seq ")
+    events = stack.client.get_events("secret-1").events
+    assert [e.cancel_requested.identity for e in events if e.HasField("cancel_requested")] == [
+        "app"
+    ]
+
+    page.click("#sign-out")
+    expect(page.locator("#sign-in")).to_be_visible()
+    expect(page.locator("#who")).to_have_count(0)
+    page.goto(stack.url + "/")
+    expect(page.locator("#sign-in")).to_be_visible()
+    expect(page.locator("#rows tr")).to_have_count(0)

@@ -52,7 +52,10 @@ def register(commands: Any) -> None:
     server.add_argument(
         "--http-listen",
         metavar="HOST:PORT",
-        help=f"serve the web dashboard here (default: ${_ENV['http_listen']}, else no dashboard)",
+        help=(
+            f"serve the web dashboard here (default: ${_ENV['http_listen']}, else no dashboard); "
+            "plain HTTP: keep it on loopback or behind a TLS proxy; see docs/dashboard.md"
+        ),
     )
     add_database_url_flag(server)
     server.add_argument(
@@ -94,8 +97,9 @@ def register(commands: Any) -> None:
         "--auth-tokens",
         metavar="FILE",
         help=(
-            f"require bearer tokens listed (as SHA-256 hashes) in this TOML file "
-            f"(default: ${_ENV['auth_tokens']}, else no authentication); see docs/security.md"
+            f"require bearer tokens listed (as SHA-256 hashes) in this TOML file, on the API "
+            f"and the dashboard (default: ${_ENV['auth_tokens']}, else no authentication); "
+            "see docs/security.md"
         ),
     )
     server.add_argument(
@@ -148,7 +152,7 @@ def register(commands: Any) -> None:
     token.add_argument(
         "--namespace",
         default="*",
-        help='the namespace it acts in (only "*", every namespace, until runs record one)',
+        help='the namespace it is confined to (default "*": every namespace)',
     )
     token.set_defaults(handler=_new_token)
 
@@ -263,6 +267,8 @@ def _server(args: argparse.Namespace) -> int:
     retention = LogRetention()
     secret = _setting(args, "page_token_secret")
     auth_tokens, tls = _security(args)
+    if http_listen is not None:
+        _warn_about_dashboard(http_listen, authenticated=auth_tokens is not None)
     config = ServerConfig(
         listen=listen,
         database_url=database_url(args),
@@ -290,6 +296,29 @@ def _server(args: argparse.Namespace) -> int:
     except OSError as err:
         raise CommandError(f"cannot start the coordinator: {err}") from err
     return 0
+
+
+def _warn_about_dashboard(listen: str, *, authenticated: bool) -> None:
+    import logging
+
+    from ledgerflow.coordinator._server import _is_loopback
+
+    if _is_loopback(listen):
+        return
+    log = logging.getLogger("ledgerflow.coordinator.web")
+    # The dashboard serves plain HTTP only; the gRPC port's TLS does not cover it.
+    if authenticated:
+        log.warning(
+            "the dashboard on %s serves plain HTTP: tokens and session cookies cross the "
+            "network in clear; put it behind a TLS-terminating proxy (docs/dashboard.md)",
+            listen,
+        )
+    else:
+        log.warning(
+            "the dashboard on %s has no authentication: anyone who can reach it can read, "
+            "cancel and signal runs (see --auth-tokens in docs/dashboard.md)",
+            listen,
+        )
 
 
 def _verify(args: argparse.Namespace) -> int:

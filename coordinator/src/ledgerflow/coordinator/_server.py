@@ -88,8 +88,8 @@ class ServerConfig:
         leases: Task lease and heartbeat timing.
         http_listen: ``HOST:PORT`` to serve the web dashboard on (port 0 picks a free
             one); None serves no dashboard.
-        auth_tokens: The bearer tokens calls must carry; None leaves the API open
-            (see docs/security.md).
+        auth_tokens: The bearer tokens calls must carry, on the gRPC API and the
+            dashboard alike; None leaves both open (see docs/security.md).
         tls: Serve gRPC over TLS (mutual TLS with ``client_ca``); None serves plaintext.
     """
 
@@ -212,11 +212,16 @@ class Coordinator:
 
     async def _start_web(self, listen: str) -> None:
         # Imported here: a coordinator without a dashboard never loads the web stack.
-        from ledgerflow.coordinator.web import WebServer, create_app
+        from ledgerflow.coordinator.web import TokenAuthenticator, WebServer, allow_all, create_app
 
         assert self.run_service is not None
+        tokens = self.config.auth_tokens
+        # The dashboard admits exactly the tokens (and scopes) the gRPC API admits.
+        authenticator = allow_all if tokens is None else TokenAuthenticator(tokens)
         self.web = WebServer(
-            create_app(self.run_service), listen, shutdown_grace=self.config.shutdown_grace
+            create_app(self.run_service, authenticator=authenticator),
+            listen,
+            shutdown_grace=self.config.shutdown_grace,
         )
         await self.web.start()
 

@@ -37,6 +37,11 @@ any id — slashes, ``?``, ``%`` and all — round-trips unchanged):
                                            ``/api/runs`` filters; no id: a list has no
                                            single position, so a page reloads its rows
                                            whenever its stream (re)connects
+``GET /api/session``                       who is asking: ``{"identity", "credential",
+                                           "scopes"}``
+``POST /api/session``                      sign in with ``{"token"}`` (sets the session
+                                           cookie); only with a :class:`TokenAuthenticator`
+``DELETE /api/session``                    sign out (clears it); likewise
 ========================================  ===============================================
 
 The run and log streams send ``end`` when they are over (the run reached a terminal
@@ -44,13 +49,13 @@ status) so the browser stops instead of reconnecting, and ``error`` (then stop) 
 the API refuses mid-stream.
 
 POST bodies must be ``application/json``: a cross-site page can then only send them
-after a CORS preflight this server never grants, so without authentication another
-site still cannot cancel or signal runs through a visitor's browser.
+after a CORS preflight this server never grants, so even without authentication
+another site cannot cancel or signal runs through a visitor's browser (see
+:mod:`._tokens` for the session cookie's further defences).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -69,20 +74,27 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledgerflow.coordinator.api import RunService
 from ledgerflow.coordinator.web._auth import (
+    SESSION_PATH,
+    AuthenticationError,
     Authenticator,
     AuthMiddleware,
     allow_all,
+    auth_error_response,
     principal_of,
 )
 from ledgerflow.coordinator.web._http import (
     JSONResponse,
+    UnsupportedMediaError,
     domain_error_body,
     dumps,
     error_response,
+    json_body,
     message_response,
+    str_field,
     to_json,
 )
 from ledgerflow.coordinator.web._sse import SseEvent, aclose, sse_response
+from ledgerflow.coordinator.web._tokens import TokenAuthenticator
 from ledgerflow.errors import InvalidArgumentError, LedgerflowError
 from ledgerflow.ledger import JSON_ENCODING, check_id, is_terminal, json_payload
 from ledgerflow.v1 import common_pb2
@@ -203,36 +215,11 @@ def run_filter(params: QueryParams) -> rpb.RunFilter:
     return flt
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        raise _UnsupportedMediaError(
-            f"the body must be application/json, got {content_type or 'no content type'}"
-        )
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except ValueError as err:
-        raise InvalidArgumentError("body", f"is not valid JSON ({err})") from None
-    if not isinstance(body, dict):
-        raise InvalidArgumentError("body", "must be a JSON object")
-    return body
-
-
-def _str_field(body: Mapping[str, Any], name: str) -> str:
-    value = body.get(name, "")
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise InvalidArgumentError(name, f"must be a string, got {type(value).__name__}")
-    return value
-
-
 def _signal_payload(body: Mapping[str, Any]) -> common_pb2.Payload | None:
     if "payload" in body and "payload_text" in body:
         raise InvalidArgumentError("payload", "give payload or payload_text, not both")
     if "payload_text" in body:
-        text = _str_field(body, "payload_text")
+        text = str_field(body, "payload_text")
         if not text.strip():
             return None
         # Raw text on purpose: the RunService checks it exactly as it checks the bytes
@@ -244,10 +231,6 @@ def _signal_payload(body: Mapping[str, Any]) -> common_pb2.Payload | None:
         except (TypeError, ValueError) as err:
             raise InvalidArgumentError("payload", f"cannot be encoded as JSON ({err})") from None
     return None
-
-
-class _UnsupportedMediaError(Exception):
-    """A POST body was not ``application/json``."""
 
 
 # -- the endpoints ----------------------------------------------------------------------
@@ -265,6 +248,13 @@ class _Endpoints:
 
     async def run_page(self, request: Request) -> Response:
         return FileResponse(STATIC_DIR / "run.html")
+
+    async def session(self, request: Request) -> Response:
+        principal = principal_of(request)
+        body: dict[str, Any] = {"identity": principal.identity, "credential": principal.credential}
+        if principal.caller is not None:
+            body["scopes"] = sorted(principal.caller.scopes)
+        return JSONResponse(body, headers={"cache-control": "no-store"})
 
     async def list_runs(self, request: Request) -> Response:
         params = request.query_params
@@ -319,11 +309,11 @@ class _Endpoints:
         return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
 
     async def cancel(self, request: Request) -> Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         response = await self._service.CancelRun(
             rpb.CancelRunRequest(
-                run_id=_str_field(body, "run_id"),
-                reason=_str_field(body, "reason"),
+                run_id=str_field(body, "run_id"),
+                reason=str_field(body, "reason"),
                 identity=principal_of(request).identity,
             ),
             _NO_CONTEXT,
@@ -331,11 +321,11 @@ class _Endpoints:
         return message_response(response)
 
     async def signal(self, request: Request) -> Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         signal = rpb.SignalRunRequest(
-            run_id=_str_field(body, "run_id"),
-            signal_name=_str_field(body, "signal_name"),
-            request_id=_str_field(body, "request_id"),
+            run_id=str_field(body, "run_id"),
+            signal_name=str_field(body, "signal_name"),
+            request_id=str_field(body, "request_id"),
             identity=principal_of(request).identity,
         )
         payload = _signal_payload(body)
@@ -459,6 +449,10 @@ async def _on_unsupported_media(request: Request, exc: Exception) -> Response:
     return error_response(415, "INVALID_ARGUMENT", str(exc), "content-type")
 
 
+async def _on_authentication_error(request: Request, exc: Exception) -> Response:
+    return auth_error_response(cast(AuthenticationError, exc))
+
+
 # -- the application -------------------------------------------------------------------
 
 
@@ -473,7 +467,8 @@ def create_app(
     Args:
         service: The coordinator's RunService; every endpoint goes through it.
         authenticator: Decides who may see and change runs (see :mod:`._auth`); the
-            default lets everyone in until authentication exists.
+            default lets everyone in. A :class:`TokenAuthenticator` also gets its
+            sign-in and sign-out endpoints (``POST`` and ``DELETE /api/session``).
         keepalive_seconds: Silence after which a stream sends a keep-alive comment.
 
     Returns:
@@ -492,8 +487,14 @@ def create_app(
         Route("/api/stream/run", endpoints.stream_run, methods=["GET"]),
         Route("/api/stream/logs", endpoints.stream_logs, methods=["GET"]),
         Route("/api/stream/runs", endpoints.stream_runs, methods=["GET"]),
+        Route(SESSION_PATH, endpoints.session, methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
+    if isinstance(authenticator, TokenAuthenticator):
+        routes += [
+            Route(SESSION_PATH, authenticator.sign_in, methods=["POST"]),
+            Route(SESSION_PATH, authenticator.sign_out, methods=["DELETE"]),
+        ]
     return Starlette(
         routes=routes,
         middleware=[
@@ -502,6 +503,7 @@ def create_app(
         ],
         exception_handlers={
             LedgerflowError: _on_domain_error,
-            _UnsupportedMediaError: _on_unsupported_media,
+            UnsupportedMediaError: _on_unsupported_media,
+            AuthenticationError: _on_authentication_error,
         },
     )

@@ -1,13 +1,18 @@
 """The one place the dashboard decides who is asking: the authentication hook.
 
-Authentication does not exist yet (tokens and namespaces come with the auth work), so
-the default :func:`allow_all` lets every request in as the ``dashboard`` identity. The
-hook is shaped for what comes next: an :class:`Authenticator` sees the request (headers,
-cookies, query — ``EventSource`` cannot send headers, so a token for the live streams
-will travel as a cookie) and returns a :class:`Principal` or raises
-:class:`AuthenticationError`. :class:`AuthMiddleware` runs it once for every ``/api/``
-request, JSON and streams alike, and handlers read the result with :func:`principal_of`.
-Pages and static files stay public: they are a shell that holds no run data.
+An :class:`Authenticator` sees the request (headers, cookies, query) and returns a
+:class:`Principal` or raises :class:`AuthenticationError`. :class:`AuthMiddleware` runs
+it once for every ``/api/`` request, JSON and streams alike, and handlers read the
+result with :func:`principal_of`. Pages and static files stay public: they are a shell
+that holds no run data. The default, :func:`allow_all`, lets every request in as the
+``dashboard`` identity; a coordinator with a token file uses
+:class:`~ledgerflow.coordinator.web.TokenAuthenticator` instead.
+
+While an ``/api/`` request is handled, the API's
+:data:`~ledgerflow.coordinator.api._auth.current_principal` holds the principal's
+:attr:`Principal.caller`, exactly as the gRPC interceptor sets it for an RPC: the
+RunService handlers the dashboard calls apply their per-caller checks (namespaces)
+to dashboard requests without knowing where a call came from.
 """
 
 from __future__ import annotations
@@ -18,10 +23,18 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ledgerflow.coordinator.web._http import error_response
+from ledgerflow.coordinator.api._auth import Principal as ApiPrincipal
+from ledgerflow.coordinator.api._auth import current_principal
+from ledgerflow.coordinator.web._http import JSONResponse, error_response
 
 API_PREFIX = "/api/"
 """Requests under this path carry run data and pass through the authenticator."""
+
+SESSION_PATH = "/api/session"
+"""``GET``: who is signed in; ``POST``: sign in; ``DELETE``: sign out."""
+
+# Signing in needs no credentials yet, and signing out must work with a stale cookie.
+_UNAUTHENTICATED_ROUTES = frozenset({("POST", SESSION_PATH), ("DELETE", SESSION_PATH)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +44,17 @@ class Principal:
     Attributes:
         identity: Recorded as the ``identity`` of the cancellations and signals the
             request makes, so the ledger says who pressed the button.
+        caller: The API principal (the token's) the RunService handlers see as
+            ``current_principal`` while they serve the request; None for an open
+            dashboard, as for an open gRPC API.
+        credential: How the request proved who it is — ``"bearer"`` (an
+            ``Authorization`` header), ``"cookie"`` (a signed-in session) — or ``""``
+            when nothing was asked for.
     """
 
     identity: str
+    caller: ApiPrincipal | None = None
+    credential: str = ""
 
 
 class AuthenticationError(Exception):
@@ -62,7 +83,7 @@ Authenticator = Callable[[HTTPConnection], Awaitable[Principal]]
 
 
 async def allow_all(connection: HTTPConnection) -> Principal:
-    """Let everyone in as ``dashboard`` (the default until authentication exists).
+    """Let everyone in as ``dashboard`` (the default: a coordinator without a token file).
 
     Args:
         connection: The request.
@@ -97,12 +118,29 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Authenticate ``/api/`` requests, then pass every request on."""
-        if scope["type"] == "http" and scope["path"].startswith(API_PREFIX):
-            try:
-                principal = await self._authenticator(HTTPConnection(scope))
-            except AuthenticationError as err:
-                response = error_response(err.status, err.code, str(err))
-                await response(scope, receive, send)
-                return
-            scope.setdefault("state", {})["principal"] = principal
-        await self._app(scope, receive, send)
+        if (
+            scope["type"] != "http"
+            or not scope["path"].startswith(API_PREFIX)
+            or (scope["method"], scope["path"]) in _UNAUTHENTICATED_ROUTES
+        ):
+            await self._app(scope, receive, send)
+            return
+        try:
+            principal = await self._authenticator(HTTPConnection(scope))
+        except AuthenticationError as err:
+            await auth_error_response(err)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        # Set in this request's own task: the response's tasks (a stream's body, its
+        # reads from a RunService generator) start from a copy of this context, and
+        # other requests never see it.
+        reset = current_principal.set(principal.caller)
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            current_principal.reset(reset)
+
+
+def auth_error_response(err: AuthenticationError) -> JSONResponse:
+    """Return the 401 or 403 JSON error for ``err``."""
+    return error_response(err.status, err.code, str(err))

@@ -10,14 +10,16 @@ the offending field).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from starlette.requests import Request
 from starlette.responses import Response
 
 from ledgerflow.coordinator.api import status_code_for
-from ledgerflow.errors import InvalidArgumentError, LedgerflowError
+from ledgerflow.errors import InvalidArgumentError, LedgerflowError, PayloadTooLargeError
 
 HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
@@ -76,3 +78,64 @@ def domain_error_body(err: LedgerflowError) -> tuple[int, dict[str, Any]]:
     code = status_code_for(err).name
     field = err.field if isinstance(err, InvalidArgumentError) else ""
     return HTTP_STATUS.get(code, 500), error_body(code, str(err), field)
+
+
+class UnsupportedMediaError(Exception):
+    """A POST body was not ``application/json`` (answered 415)."""
+
+
+async def json_body(request: Request, *, max_bytes: int | None = None) -> dict[str, Any]:
+    """Return the JSON object a POST carries.
+
+    Only ``application/json`` is read: a cross-site page can send it only after a CORS
+    preflight, which this server never grants, so no other site can post through a
+    visitor's browser.
+
+    Args:
+        request: The request.
+        max_bytes: Refuse a longer body, reading no further (for endpoints anyone may
+            call); None reads it whole.
+
+    Raises:
+        UnsupportedMediaError: The body is not ``application/json``.
+        PayloadTooLargeError: It is longer than ``max_bytes``.
+        InvalidArgumentError: It is not a JSON object (field ``body``).
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise UnsupportedMediaError(
+            f"the body must be application/json, got {content_type or 'no content type'}"
+        )
+    if max_bytes is None:
+        raw = await request.body()
+    else:
+        # Read in chunks: a chunked body has no Content-Length to check up front.
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLargeError(f"body: must be at most {max_bytes} bytes")
+            parts.append(chunk)
+        raw = b"".join(parts)
+    try:
+        body = json.loads(raw)
+    except ValueError as err:
+        raise InvalidArgumentError("body", f"is not valid JSON ({err})") from None
+    if not isinstance(body, dict):
+        raise InvalidArgumentError("body", "must be a JSON object")
+    return body
+
+
+def str_field(body: Mapping[str, Any], name: str) -> str:
+    """Return the string field ``name`` of a JSON body (``""`` when absent or null).
+
+    Raises:
+        InvalidArgumentError: The field is not a string (its value is not quoted back).
+    """
+    value = body.get(name, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidArgumentError(name, f"must be a string, got {type(value).__name__}")
+    return value

@@ -3,6 +3,10 @@
 // Safety rule for every page: elements are built with el(); text goes in with
 // textContent (text nodes), never innerHTML, so step names, log lines, payloads and
 // error messages render as text whatever they contain.
+//
+// Signing in: any API answer of 401 shows the sign-in form (showSignIn). It posts the
+// token once to /api/session, whose answer sets an HttpOnly session cookie that every
+// later request and EventSource carries; the token itself is kept nowhere on the page.
 
 /**
  * Create an element.
@@ -63,6 +67,7 @@ export async function api(path, { method = "GET", body } = {}) {
     data = null;
   }
   if (!response.ok) {
+    if (response.status === 401) showSignIn();
     const error = (data && data.error) || {};
     throw new ApiError(
       response.status,
@@ -177,4 +182,69 @@ export function trackLive(indicator, source, { ended = false } = {}) {
 /** Show a message in a status area; kind is "ok" or "error". */
 export function say(area, kind, text) {
   area.replaceChildren(el("span", { class: `message message-${kind}`, role: "status" }, text));
+}
+
+/** Replace the page with the sign-in form (once); a valid token reloads the page. */
+export function showSignIn() {
+  if (document.getElementById("sign-in")) return;
+  const token = el("input", {
+    id: "sign-in-token",
+    type: "password",
+    name: "token",
+    autocomplete: "off",
+    spellcheck: "false",
+    required: "required",
+  });
+  const area = el("div", { id: "sign-in-message", class: "message-area", "aria-live": "polite" });
+  // method=post: should the script below ever fail to take the submit, the browser posts
+  // a form body (refused with 415) instead of putting the token in a URL.
+  const form = el(
+    "form",
+    { id: "sign-in", class: "sign-in", method: "post", action: "/api/session" },
+    el("h2", { text: "Sign in" }),
+    el("p", {
+      class: "muted",
+      text: "This coordinator requires a token with the client scope (ledgerflow admin new-token --scope client).",
+    }),
+    el("label", {}, "Token", token),
+    el("button", { type: "submit", id: "sign-in-button", text: "Sign in" }),
+    area,
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      await api("/api/session", { method: "POST", body: { token: token.value } });
+    } catch (err) {
+      say(area, "error", String(err));
+      return;
+    }
+    token.value = "";
+    location.reload();
+  });
+  document.body.classList.add("signed-out");
+  document.querySelector("main").prepend(form);
+  token.focus();
+}
+
+/** Show who is asking in the header, with a sign-out button for a signed-in session. */
+export async function showAccount() {
+  let who;
+  try {
+    who = await api("/api/session");
+  } catch {
+    return; // a 401 has shown the sign-in form; any other error shows on the page
+  }
+  if (!who || !who.credential) return; // an open dashboard: nobody to name
+  const parts = [el("span", { id: "who", text: who.identity })];
+  if (who.credential === "cookie") {
+    const signOut = async () => {
+      try {
+        await api("/api/session", { method: "DELETE" });
+      } finally {
+        location.reload();
+      }
+    };
+    parts.push(el("button", { type: "button", id: "sign-out", class: "secondary", text: "Sign out", on: { click: signOut } }));
+  }
+  document.getElementById("account").replaceChildren(...parts);
 }

@@ -20,6 +20,7 @@ import {
   payloadText,
   runStatus,
   say,
+  showAccount,
   stepStatus,
   trackLive,
 } from "./common.js";
@@ -341,7 +342,12 @@ function followRun(snap) {
     live.done(`run ${runStatus(snapshot.status)}`);
   });
   source.addEventListener("error", (event) => {
-    if (!event.data) return; // a dropped connection: the browser reconnects by itself
+    if (!event.data) {
+      // Refused outright (say, the session ended): asking who we are shows the sign-in
+      // form on a 401. Otherwise a dropped connection: the browser reconnects by itself.
+      if (source.readyState === EventSource.CLOSED) showAccount();
+      return;
+    }
     say($("message"), "error", JSON.parse(event.data).error.message);
     source.close();
     live.done("stopped");
@@ -390,13 +396,14 @@ async function main() {
   $("run-id").textContent = runId;
   $("more-events").addEventListener("click", () => loadEvents({ more: true }));
   setupActions();
+  showAccount();
   let snap;
   try {
     snap = (await api(`/api/run?${runQuery}`)).run;
   } catch (err) {
     say($("message"), "error", String(err));
     $("live").className = "live live-off";
-    $("live").textContent = "not found";
+    $("live").textContent = err.status === 404 ? "not found" : "stopped";
     return;
   }
   render(snap);

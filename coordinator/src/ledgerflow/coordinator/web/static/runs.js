@@ -18,6 +18,7 @@ import {
   millis,
   runStatus,
   say,
+  showAccount,
   trackLive,
 } from "./common.js";
 
@@ -258,4 +259,5 @@ setInterval(() => {
 
 buildForm();
 updateChrome();
+showAccount();
 connect();
