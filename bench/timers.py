@@ -22,26 +22,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._harness import BIN, REPO, cpu_seconds, machine, pct, start, start_server
 from tests.pg_cluster import PgCluster, find_bindir
 
 from ledgerflow.client import Client
 from ledgerflow.ledger import payload_value
 from ledgerflow.v1 import ledger_pb2 as pb
-
-BIN = Path(sys.executable).parent / "ledgerflow"
 
 APP = """
 import time
@@ -57,26 +51,6 @@ async def timer(ctx: workflow.Context, fire_at: float) -> float:
 """
 
 
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile of values (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def start(cmd: list[str], cwd: str | None = None) -> subprocess.Popen[str]:
-    """Start a process with unbuffered output."""
-    return subprocess.Popen(
-        cmd, cwd=cwd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
-
-
 async def count_completed(client: Client) -> int:
     """How many runs completed so far."""
     return sum([1 async for _ in client.iter_runs(statuses=["completed"], page_size=1000)])
@@ -89,11 +63,7 @@ async def count_waiting(client: Client) -> int:
 
 async def run(args: argparse.Namespace, database_url: str, app_dir: str) -> None:
     """Start the processes, register the timers, measure."""
-    server = start([str(BIN), "server", "--listen", "127.0.0.1:0", "--database-url", database_url])
-    assert server.stdout is not None
-    match = re.search(r"listening on (\S+)", server.stdout.readline())
-    assert match, "server did not start"
-    address = match.group(1)
+    server, address = start_server(database_url)
     worker = start(
         [
             str(BIN),
@@ -171,10 +141,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.lead is None:
         args.lead = max(20.0, args.timers / 60)  # ~60 registrations/s here, with margin
-    print(
-        f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cpus",
-        flush=True,
-    )
+    print(machine(), flush=True)
     cluster = PgCluster(find_bindir(), parent=str(REPO))
     cluster.init()
     try:

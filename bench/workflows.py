@@ -23,9 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -34,14 +31,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._harness import BIN, REPO, machine, pct, start, start_server
 from tests.pg_cluster import PgCluster, find_bindir
 
 from ledgerflow.client import Client
-
-BIN = Path(sys.executable).parent / "ledgerflow"
 
 # The DBOS Transact release the comparison is pinned to, and the venv it lives in.
 DBOS_VERSION = "3.4.0"
@@ -69,34 +64,13 @@ async def bench(ctx: workflow.Context, steps: int) -> int:
 """
 
 
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile of values (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def start(cmd: list[str], cwd: str | None = None) -> subprocess.Popen[str]:
-    """Start a process with unbuffered output."""
-    return subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
 async def run(args: argparse.Namespace, database_url: str, app_dir: str) -> dict[str, Any]:
     """Start the ledgerflow processes and measure.
 
     Returns:
         ``latencies_ms`` (the sequential workflows') and ``concurrent_seconds``.
     """
-    server = start([str(BIN), "server", "--listen", "127.0.0.1:0", "--database-url", database_url])
-    assert server.stdout is not None
-    match = re.search(r"listening on (\S+)", server.stdout.readline())
-    assert match, "server did not start"
-    address = match.group(1)
+    server, address = start_server(database_url)
     worker = start(
         [
             str(BIN),
@@ -243,10 +217,7 @@ def main() -> None:
         "--skip-dbos", action="store_true", help="measure ledgerflow only (no DBOS venv)"
     )
     args = parser.parse_args()
-    print(
-        f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cpus",
-        flush=True,
-    )
+    print(machine(), flush=True)
     # Before the cluster: a first run creates the venv and installs DBOS.
     python = None if args.skip_dbos else dbos_python()
     cluster = PgCluster(find_bindir(), parent=str(REPO))

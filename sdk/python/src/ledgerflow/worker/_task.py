@@ -111,8 +111,15 @@ class TaskState:
 
     @property
     def active(self) -> bool:
-        """Whether the task still has work to finish (running, or its result unacknowledged)."""
-        return self.phase in (Phase.RUNNING, Phase.REPORTING)
+        """Whether the task takes a slot: running, or its result not yet acknowledged.
+
+        The ack frees the slot at once, before the coroutine that awaited it resumes:
+        the coordinator frees it too and may send the next task right behind the ack,
+        which would otherwise find the worker "full" and be handed back.
+        """
+        return self.phase is Phase.RUNNING or (
+            self.phase is Phase.REPORTING and self.result is not None
+        )
 
     def owed(self) -> Iterator[ws.ConnectRequest]:
         """Every message still owed an answer (or a stream), in the order first sent."""
