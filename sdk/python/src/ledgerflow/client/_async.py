@@ -590,8 +590,11 @@ class Client:
     ) -> AsyncGenerator[ledger_pb2.RunSnapshot, None]:
         """Stream a run's snapshot: the current one, then one per change.
 
-        A slow reader gets the latest snapshot, not every intermediate one. The stream
-        ends after the run's terminal snapshot.
+        The coordinator keeps no backlog per subscriber: once a reader falls behind by
+        more than the connection's flow-control window, it is sent the latest snapshot
+        and skips intermediate ones; within the window (a dozen small snapshots) it gets
+        each, late. The stream ends after the run's terminal snapshot, which is never
+        skipped.
 
         Args:
             run_id: The run to watch.
