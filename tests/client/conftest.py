@@ -65,6 +65,8 @@ class WatchProbe:
     def __init__(self, hub: Hub) -> None:
         self._waits: Counter[str] = Counter()
         self._changed = asyncio.Event()
+        self.terminal_only: dict[str, bool] = {}
+        """Run id → whether its latest WatchRun asked only for the end (skip_intermediate)."""
         original = hub.watch_run
 
         def on_wait(run_id: str) -> None:
@@ -72,8 +74,9 @@ class WatchProbe:
             self._changed.set()
 
         @contextmanager
-        def watch_run(run_id: str) -> Iterator[object]:
-            with original(run_id) as subscription:
+        def watch_run(run_id: str, *, terminal_only: bool = False) -> Iterator[object]:
+            self.terminal_only[run_id] = terminal_only
+            with original(run_id, terminal_only=terminal_only) as subscription:
                 yield _ProbedSubscription(subscription, lambda: on_wait(run_id))
 
         # The servicer only calls next(), so a wrapper stands in for the subscription.

@@ -318,9 +318,10 @@ async def test_result_waits_for_a_run_that_ends_while_it_waits(
 ) -> None:
     handle = await client.start("checkout", {"n": 1}, run_id="r1")
     waiter = asyncio.create_task(handle.result())
-    await probe.waiting("r1")  # result() has the queued snapshot and waits for more
+    await probe.waiting("r1")  # result() has the queued snapshot and waits for the end
+    # It asked for the end only: the coordinator sends none of the changes in between.
+    assert probe.terminal_only["r1"]
     await client.append_events([produced("r1", "run_started")])
-    await probe.waiting("r1")
     assert not waiter.done()
     await finish(client, ended("r1", "completed", {"ok": True}))
     assert await asyncio.wait_for(waiter, timeout=30) == {"ok": True}

@@ -45,3 +45,31 @@ async def test_close_wakes_every_waiting_subscriber_with_none() -> None:
         hub.close()
         assert list(await waiting) == [None, None]
     assert not hub.wants("r")
+
+
+async def test_a_terminal_only_subscription_is_offered_the_end_and_nothing_before() -> None:
+    hub = Hub()
+    with hub.watch_run("r", terminal_only=True) as ends:
+        # Nobody needs a copy of a change that does not end the run...
+        assert not hub.wants("r", terminal=False)
+        assert hub.wants("r", terminal=True)
+        assert hub.wants("r")  # unknown (a NOTIFY from another coordinator): maybe the end
+        assert hub.watched_runs() == ["r"]
+        waiting = asyncio.ensure_future(ends.next())
+        for seq in range(1, 6):
+            hub.publish(snap("r", seq))
+        await asyncio.sleep(0)  # let the waiter look: it must still be waiting
+        assert not waiting.done()
+        hub.publish(snap("r", 6, pb.RUN_STATUS_COMPLETED))
+        final = await waiting
+        assert final is not None
+        assert (final.last_seq, final.status) == (6, pb.RUN_STATUS_COMPLETED)
+        # ...while a subscriber to every change still gets one.
+        with hub.watch_run("r") as every:
+            assert hub.wants("r", terminal=False)
+            hub.publish(snap("r", 7))
+            following = await every.next()
+            assert following is not None
+            assert following.last_seq == 7
+    assert not hub.wants("r")
+    assert hub.watched_runs() == []

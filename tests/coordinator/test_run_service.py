@@ -347,6 +347,32 @@ async def test_watch_run_streams_each_commit_and_ends_at_the_end(stub: RunServic
     assert code == Code.NOT_FOUND
 
 
+async def test_watch_run_skipping_intermediate_sends_the_first_and_the_terminal_snapshot(
+    stub: RunServiceAsyncStub,
+) -> None:
+    await start(stub)
+    skipping = stub.WatchRun(rpb.WatchRunRequest(run_id="r1", skip_intermediate=True))
+    every = stub.WatchRun(rpb.WatchRunRequest(run_id="r1"))
+    assert (await read(skipping)).snapshot.last_seq == 1
+    assert (await read(every)).snapshot.last_seq == 1
+    for i in range(2, 6):
+        await stub.AppendEvents(
+            rpb.AppendEventsRequest(events=[ev("r1", "log_appended", i, lines=[str(i)])])
+        )
+        # Each change was published (the other watcher has it) and skipped here.
+        assert (await read(every)).snapshot.last_seq == i
+    await stub.AppendEvents(rpb.AppendEventsRequest(events=[ev("r1", "run_completed", 9)]))
+    final = await read(skipping)
+    assert (final.snapshot.last_seq, final.snapshot.status) == (6, pb.RUN_STATUS_COMPLETED)
+    assert await read(skipping) is None
+    # A run that has ended answers at once with its terminal snapshot.
+    again = [
+        m.snapshot.last_seq
+        async for m in stub.WatchRun(rpb.WatchRunRequest(run_id="r1", skip_intermediate=True))
+    ]
+    assert again == [6]
+
+
 async def test_a_watcher_that_reads_late_gets_increasing_snapshots_ending_at_the_last(
     stub: RunServiceAsyncStub,
 ) -> None:

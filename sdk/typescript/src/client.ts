@@ -133,7 +133,8 @@ export class Client {
    */
   async result<T = unknown>(runId: string, options: StreamOptions = {}): Promise<T> {
     let last: RunSnapshot | undefined;
-    for await (const snapshot of this.watch(runId, options)) last = snapshot;
+    // Only the last snapshot matters: the coordinator skips the ones in between.
+    for await (const snapshot of this.#follow(runId, options, true)) last = snapshot;
     if (last === undefined || !isTerminal(last.status)) {
       throw new Error(`watch of run ${runId} ended before the run did`);
     }
@@ -147,10 +148,21 @@ export class Client {
    * backlog. If the coordinator ends the stream early (it is shutting down), the watch resumes
    * on a new stream from the last snapshot seen.
    */
-  async *watch(runId: string, options: StreamOptions = {}): AsyncGenerator<RunSnapshot> {
+  watch(runId: string, options: StreamOptions = {}): AsyncGenerator<RunSnapshot> {
+    return this.#follow(runId, options, false);
+  }
+
+  async *#follow(
+    runId: string,
+    options: StreamOptions,
+    skipIntermediate: boolean,
+  ): AsyncGenerator<RunSnapshot> {
     let afterSeq = 0n;
     for (;;) {
-      const stream = this.runs.watchRun({ runId, afterSeq }, { signal: options.signal });
+      const stream = this.runs.watchRun(
+        { runId, afterSeq, skipIntermediate },
+        { signal: options.signal },
+      );
       try {
         for await (const response of stream) {
           const snapshot = response.snapshot!;

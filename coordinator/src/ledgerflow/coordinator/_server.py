@@ -20,7 +20,7 @@ from ledgerflow.coordinator.api._auth import AuthInterceptor, TokenTable
 from ledgerflow.coordinator.api._worker_service import Dispatcher, LeaseConfig, WorkerService
 from ledgerflow.coordinator.fanout import Hub, PostgresListener, asyncpg_dsn
 from ledgerflow.coordinator.store import Store, Touched, create_engine, upgrade
-from ledgerflow.ledger import LogRetention
+from ledgerflow.ledger import LogRetention, is_terminal
 from ledgerflow.v1 import ledger_pb2 as pb
 from ledgerflow.v1 import (
     run_service_pb2,
@@ -134,7 +134,7 @@ class Coordinator:
             if dispatcher_box:
                 dispatcher_box[0].on_commit(touched)
             for t in touched:
-                if hub.wants(t.run_id):
+                if hub.wants(t.run_id, terminal=is_terminal(t.snapshot.status)):
                     # The writer keeps changing its snapshot objects; subscribers
                     # send later, so each gets a copy of the committed state.
                     snapshot = pb.RunSnapshot()

@@ -439,11 +439,14 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         request: rpb.WatchRunRequest,
         context: _Context,  # type: ignore[type-arg]
     ) -> AsyncIterator[rpb.WatchRunResponse]:
-        """Stream a run's snapshot: the current one, then each committed change."""
+        """Stream a run's snapshot: the current one, then each committed change.
+
+        With ``skip_intermediate``, the current one and then only the terminal one.
+        """
         check_id(request.run_id, "run_id")
         self._non_negative(request.after_seq, "after_seq")
         # Subscribe before reading, so no commit falls between the read and the watch.
-        with self._hub.watch_run(request.run_id) as sub:
+        with self._hub.watch_run(request.run_id, terminal_only=request.skip_intermediate) as sub:
             snapshot = await self._get_visible(request.run_id)
             last = request.after_seq
             while True:

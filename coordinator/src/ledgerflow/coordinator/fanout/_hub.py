@@ -6,6 +6,10 @@ memory is bounded by the number of runs a subscriber watches, not by the rate
 of commits. Offers are ordered by ``last_seq``: an older snapshot never
 replaces a newer one, which also makes duplicate deliveries (a process's own
 commit arriving again through Postgres NOTIFY) harmless.
+
+A run can also be watched for its end only (``watch_run(..., terminal_only=True)``,
+what a caller waiting for a result uses): such a subscription is offered nothing but
+the terminal snapshot, so a run followed only that way costs no copy per commit.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from ledgerflow.ledger import is_terminal
 from ledgerflow.v1 import ledger_pb2 as pb
 
 
@@ -102,48 +107,64 @@ class Hub:
     def __init__(self) -> None:
         """Create a hub with no subscribers."""
         self._runs: dict[str, set[RunSubscription]] = {}
+        self._ends: dict[str, set[RunSubscription]] = {}
         self._lists: set[ListSubscription] = set()
         self.closed = False
 
     def close(self) -> None:
         """End every subscription (shutdown): their ``next()`` returns None."""
         self.closed = True
-        for subs in self._runs.values():
-            for sub in subs:
-                sub.close()
+        for watched in (self._runs, self._ends):
+            for subs in watched.values():
+                for sub in subs:
+                    sub.close()
         for lst in self._lists:
             lst.close()
 
-    def wants(self, run_id: str) -> bool:
-        """Return whether anyone here would receive a change of ``run_id``."""
-        return bool(self._lists) or run_id in self._runs
+    def wants(self, run_id: str, *, terminal: bool = True) -> bool:
+        """Return whether anyone here would receive a change of ``run_id``.
+
+        Args:
+            run_id: The run that changed.
+            terminal: Whether the change may have ended the run (True when unknown).
+        """
+        return bool(self._lists) or run_id in self._runs or (terminal and run_id in self._ends)
 
     def watched_runs(self) -> list[str]:
         """Return the ids of the runs watched one by one here."""
-        return list(self._runs)
+        return list(self._runs.keys() | self._ends.keys())
 
     def publish(self, snapshot: pb.RunSnapshot) -> None:
         """Offer a committed snapshot to every matching subscription."""
         for sub in self._runs.get(snapshot.run_id, ()):
             sub.offer(snapshot)
+        if is_terminal(snapshot.status):
+            for sub in self._ends.get(snapshot.run_id, ()):
+                sub.offer(snapshot)
         for lst in self._lists:
             lst.offer(snapshot)
 
     @contextmanager
-    def watch_run(self, run_id: str) -> Iterator[RunSubscription]:
-        """Subscribe to one run for the duration of the ``with`` block."""
+    def watch_run(self, run_id: str, *, terminal_only: bool = False) -> Iterator[RunSubscription]:
+        """Subscribe to one run for the duration of the ``with`` block.
+
+        Args:
+            run_id: The run.
+            terminal_only: Receive only its terminal snapshot, not every change.
+        """
         sub = RunSubscription()
         if self.closed:
             sub.close()
-        self._runs.setdefault(run_id, set()).add(sub)
+        watched = self._ends if terminal_only else self._runs
+        watched.setdefault(run_id, set()).add(sub)
         try:
             yield sub
         finally:
-            subs = self._runs.get(run_id)
+            subs = watched.get(run_id)
             if subs is not None:
                 subs.discard(sub)
                 if not subs:
-                    del self._runs[run_id]
+                    del watched[run_id]
 
     @contextmanager
     def watch_runs(self, accepts: Callable[[pb.RunSnapshot], bool]) -> Iterator[ListSubscription]:

@@ -514,19 +514,26 @@ class WatchRunRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    SKIP_INTERMEDIATE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """run_id is the run to watch."""
     after_seq: _builtins.int
     """after_seq resumes a watch: the first snapshot is sent only if the run changed after it."""
+    skip_intermediate: _builtins.bool
+    """skip_intermediate sends the first snapshot and then only the terminal one, none of
+    the changes in between: what a caller waiting for a run's result needs, at two
+    messages per run instead of one per committed change.
+    """
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         after_seq: _builtins.int = ...,
+        skip_intermediate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "run_id", b"run_id", "skip_intermediate", b"skip_intermediate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

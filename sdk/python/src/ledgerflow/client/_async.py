@@ -586,7 +586,7 @@ class Client:
         return await self._call(self._stub.SignalRun, request)
 
     def watch_run(
-        self, run_id: str, *, after_seq: int = 0
+        self, run_id: str, *, after_seq: int = 0, skip_intermediate: bool = False
     ) -> AsyncGenerator[ledger_pb2.RunSnapshot, None]:
         """Stream a run's snapshot: the current one, then one per change.
 
@@ -600,11 +600,14 @@ class Client:
             run_id: The run to watch.
             after_seq: Resume: skip the first snapshot unless the run changed after this
                 seq (pass the ``last_seq`` of the last snapshot seen).
+            skip_intermediate: Send the first snapshot and then only the terminal one
+                (what waiting for the result needs: two messages per run, not one per
+                change).
 
         Returns:
             The snapshots; iterating raises ``RunNotFoundError`` for an unknown run.
         """
-        request = rq.watch_run(run_id, after_seq)
+        request = rq.watch_run(run_id, after_seq, skip_intermediate)
         return self._stream(self._stub.WatchRun, request, rq.watched_snapshots)
 
     def watch_runs(
@@ -785,7 +788,8 @@ class RunHandle(Generic[_OutT]):
         latest: ledger_pb2.RunSnapshot | None = None
         scope = asyncio.timeout(timeout)
         try:
-            async with scope, aclosing(self.watch()) as snapshots:
+            # Only the first snapshot (for ResultTimeoutError) and the last one matter.
+            async with scope, aclosing(self._watch(0, skip_intermediate=True)) as snapshots:
                 async for latest in snapshots:  # noqa: B007 - the last one is the outcome
                     pass
         except TimeoutError as err:
@@ -815,12 +819,17 @@ class RunHandle(Generic[_OutT]):
         """
         return self._watch(after_seq)
 
-    async def _watch(self, after_seq: int) -> AsyncGenerator[ledger_pb2.RunSnapshot, None]:
+    async def _watch(
+        self, after_seq: int, *, skip_intermediate: bool = False
+    ) -> AsyncGenerator[ledger_pb2.RunSnapshot, None]:
         last = after_seq
         reconnect = rq.Reconnect()
         while True:
             try:
-                async with aclosing(self._client.watch_run(self._run_id, after_seq=last)) as stream:
+                stream = self._client.watch_run(
+                    self._run_id, after_seq=last, skip_intermediate=skip_intermediate
+                )
+                async with aclosing(stream):
                     async for snapshot in stream:
                         reconnect.received()
                         last = snapshot.last_seq

@@ -258,9 +258,13 @@ def get_events(run_id: str, after_seq: int, page_size: int) -> run_service_pb2.G
     return run_service_pb2.GetEventsRequest(run_id=run_id, after_seq=after_seq, page_size=page_size)
 
 
-def watch_run(run_id: str, after_seq: int) -> run_service_pb2.WatchRunRequest:
+def watch_run(
+    run_id: str, after_seq: int, skip_intermediate: bool = False
+) -> run_service_pb2.WatchRunRequest:
     """Build a WatchRunRequest."""
-    return run_service_pb2.WatchRunRequest(run_id=run_id, after_seq=after_seq)
+    return run_service_pb2.WatchRunRequest(
+        run_id=run_id, after_seq=after_seq, skip_intermediate=skip_intermediate
+    )
 
 
 def watch_runs(

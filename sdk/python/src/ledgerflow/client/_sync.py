@@ -440,10 +440,10 @@ class SyncClient:
         return self._call(self._stub.SignalRun, request)
 
     def watch_run(
-        self, run_id: str, *, after_seq: int = 0
+        self, run_id: str, *, after_seq: int = 0, skip_intermediate: bool = False
     ) -> Generator[ledger_pb2.RunSnapshot, None, None]:
         """Stream a run's snapshots until it ends; see :meth:`Client.watch_run`."""
-        request = rq.watch_run(run_id, after_seq)
+        request = rq.watch_run(run_id, after_seq, skip_intermediate)
         return self._stream(self._stub.WatchRun, request, rq.watched_snapshots)
 
     def watch_runs(
@@ -545,7 +545,8 @@ class SyncRunHandle(Generic[_OutT]):
         """Block until the run ends; return its result; see :meth:`RunHandle.result`."""
         hint = self._result_type if result_type is rq.HANDLE_RESULT_TYPE else result_type
         final: ledger_pb2.RunSnapshot | None = None
-        with closing(self._watch(0, timeout)) as snapshots:
+        # Only the first snapshot (for ResultTimeoutError) and the last one matter.
+        with closing(self._watch(0, timeout, skip_intermediate=True)) as snapshots:
             for final in snapshots:  # noqa: B007 - the last one is the outcome
                 pass
         if final is None or not is_terminal(final.status):  # _watch only ends at the end
@@ -560,7 +561,7 @@ class SyncRunHandle(Generic[_OutT]):
         return self._watch(after_seq, None)
 
     def _watch(
-        self, after_seq: int, timeout: float | None
+        self, after_seq: int, timeout: float | None, *, skip_intermediate: bool = False
     ) -> Generator[ledger_pb2.RunSnapshot, None, None]:
         # The same loop as RunHandle._watch. A timeout bounds every call and wait, and
         # its expiry (a DEADLINE_EXCEEDED, which the client reports as unavailable)
@@ -576,7 +577,7 @@ class SyncRunHandle(Generic[_OutT]):
         reconnect = rq.Reconnect()
         while True:
             try:
-                request = rq.watch_run(self._run_id, last)
+                request = rq.watch_run(self._run_id, last, skip_intermediate)
                 stream = client._stream(
                     client._stub.WatchRun, request, rq.watched_snapshots, deadline=deadline
                 )
