@@ -175,6 +175,11 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        # When the earliest lease seen at the end of the last round ends (0: look now).
+        # Sweeping before then finds nothing: leases only start later than it (claims),
+        # get longer (heartbeats) or go (results). Other coordinators' leases are seen
+        # at the next round, at least once per half lease.
+        self._sweep_at = 0
 
     def start(self) -> None:
         """Start dispatching."""
@@ -258,7 +263,8 @@ class Dispatcher:
     async def _round(self) -> float:
         """Sweep expired leases, fill every session's free capacity; return the next timeout."""
         # Leases that ended become pending again, for the claims below.
-        self._lapsed(await self._store.expire_leases())
+        if time.time_ns() >= self._sweep_at:
+            self._lapsed(await self._store.expire_leases())
         claims_from = time.time_ns()
         now = time.monotonic()
         silent_after = self._leases.silent_after_seconds
@@ -300,7 +306,13 @@ class Dispatcher:
         # (every session is full, silent, or of another namespace): what frees one wakes
         # us (a result or release, a new session, a silent one heard from), so only
         # tasks that come due later set the timeout. Counting the others would spin.
-        wakeup = await self._store.next_task_wakeup(queues, after=claims_from)
+        due = await self._store.next_task_wakeup(queues, after=claims_from)
+        self._sweep_at = (
+            due.lease_end
+            if due.lease_end is not None
+            else claims_from + (self._leases.lease_nanos // 2)
+        )
+        wakeup = due.earliest
         # Other coordinators' tasks and leases change without telling us unless we
         # share a Postgres NOTIFY stream; look at least once a lease period.
         timeout = self._leases.lease_seconds / 2

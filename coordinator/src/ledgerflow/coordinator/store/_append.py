@@ -127,8 +127,13 @@ class Needs:
         request_ids: (run id, request id) pairs whose earlier outcome is looked up.
         idempotency_keys: (namespace, StartRun idempotency key) pairs whose run is looked up.
         tasks: Whether the tasks of ``run_ids`` are locked and loaded too.
+        task_runs: For a whole group (the writer fills it in): the runs whose tasks
+            are locked and loaded.
         fenced: Task ids whose lease is checked, not changed.
         resends_rare: Request ids may be checked by their insert instead of a lookup.
+        creates: The runs are almost always new (StartRun): try without reading them
+            or their idempotency keys (an existing one then conflicts on insert and
+            the group is redone with the reads).
     """
 
     run_ids: tuple[str, ...] = ()
@@ -136,11 +141,23 @@ class Needs:
     idempotency_keys: tuple[tuple[str, str], ...] = ()
     tasks: bool = False
     """Lock and load the tasks of ``run_ids`` too."""
+    task_runs: tuple[str, ...] = ()
+    assumed_new: tuple[str, ...] = ()
+    """For a whole group: runs not read, assumed not to exist yet (``creates``)."""
     fenced: tuple[str, ...] = ()
     """Tasks whose lease the operation checks but does not change (a worker's batch)."""
     resends_rare: bool = False
     """The request ids are almost always new: try without looking them up (a resend
     then conflicts on insert and the group is redone with the lookup)."""
+    creates: bool = False
+
+
+class RedoLockingError(Exception):
+    """An operation found it needs rows its group did not lock (it went optimistic).
+
+    Raised before the operation changes anything; the writer drops the group's work
+    and redoes it with every read and lock, where the operation does not raise this.
+    """
 
 
 class Batch:
@@ -162,7 +179,10 @@ class Batch:
         self.conn = conn
         self.rows = rows
         self.tasks = tasks if tasks is not None else {}
-        """Locked tasks by task id (only when some request of the group asked)."""
+        """Locked tasks by task id (only when some request of the group asked), and
+        cached rows of fenced tasks (checked by the flush)."""
+        self.task_runs: frozenset[str] = frozenset()
+        """Runs whose every task is locked and loaded in ``tasks``."""
         self.dirty_tasks: dict[str, None] = {}
         self.checked_tasks: dict[str, tuple[int, int]] = {}
         """Tasks whose lease an operation relied on, with the (epoch, status) it saw:
@@ -490,6 +510,8 @@ async def start_run(
     created.parent_run_id = spec.parent_run_id
     created.namespace = spec.namespace
     row = _new_row(event)
+    if event.ByteSize() <= KEEP_CREATED_BYTES:
+        row.created = event  # for the first dispatch (see RunRow.created)
     batch.create(row, now)
     appended = batch.fold(row, [event], retention)
     # StartRun means "run this workflow": the run waits for a worker in the queue
@@ -500,6 +522,11 @@ async def start_run(
         ranges={run_id: (1, row.last_seq)},
         value=(_copy(row.snapshot), True),
     )
+
+
+KEEP_CREATED_BYTES = 16 * 1024
+"""The largest ``run_created`` event a cached run row keeps for its first dispatch; the
+writer caches up to ``cached_runs`` rows, so this bounds the memory it costs."""
 
 
 def _open_row(batch: Batch, run_id: str, namespace: str | None = None) -> sql_runs.RunRow:

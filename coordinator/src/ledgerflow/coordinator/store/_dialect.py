@@ -53,8 +53,9 @@ class Write:
     returning: str = ""
     match: tuple[tuple[str, str], ...] = ()
     all_or_nothing: bool = False
-    """With ``match`` on Postgres: fail the whole statement (:data:`GUARD_FAILED`)
-    unless every row matched, so a guarded write needs no transaction around it."""
+    """With ``match`` or ``returning`` on Postgres: fail the whole statement
+    (:data:`GUARD_FAILED`) unless every row matched (or was inserted), so a guarded
+    write needs no transaction around it."""
     shape: tuple[object, ...] = field(init=False)
 
     def __post_init__(self) -> None:

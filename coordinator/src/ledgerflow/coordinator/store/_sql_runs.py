@@ -50,6 +50,9 @@ class RunRow:
     log: RunLogState
     idempotency_key: str | None
     namespace: str = DEFAULT_NAMESPACE
+    created: ledger_pb2.LedgerEvent | None = None
+    """The run's ``run_created`` event, kept (not stored) from its creation by this
+    process to its first dispatch when small, so the dispatch need not read it back."""
 
 
 _SNAPSHOT_STEPS = "steps"
@@ -220,8 +223,11 @@ def insert_runs(new: Sequence[tuple[RunRow, int]]) -> Write:
     """Insert new runs (with their create times), returning the ids actually inserted.
 
     The insert is ``ON CONFLICT DO NOTHING``: a run id or idempotency key another
-    coordinator committed since this transaction looked is left alone, and its id
-    is missing from the result, so the caller can retry against the committed row.
+    coordinator committed since this transaction looked (or that a StartRun assumed
+    new without looking) is left alone, and its id is missing from the result, so
+    the caller can retry against the committed row. On Postgres the conflict also
+    fails the whole statement (``all_or_nothing``): a group written without a
+    transaction must not commit the rest of its writes.
     """
     rows = [row for row, _ in new]
     columns = {
@@ -232,7 +238,7 @@ def insert_runs(new: Sequence[tuple[RunRow, int]]) -> Write:
         "parent_run_id": [row.snapshot.parent_run_id or None for row in rows],
         "namespace": [row.namespace for row in rows],
     }
-    return Write(runs, columns, returning="run_id")
+    return Write(runs, columns, returning="run_id", all_or_nothing=True)
 
 
 def save_runs(rows: Sequence[RunRow], loaded_seqs: dict[str, int]) -> Write:

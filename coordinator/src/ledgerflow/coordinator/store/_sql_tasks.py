@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, null, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledgerflow.coordinator.store._dialect import Write
@@ -213,38 +213,59 @@ async def expire_leases(conn: AsyncConnection, now: int) -> list[str]:
     return list(rows.scalars().all())
 
 
+@dataclass(frozen=True, slots=True)
+class Wakeup:
+    """When the dispatcher next has something to do (nanoseconds since the epoch).
+
+    Attributes:
+        available: When a pending task next becomes available; None if none will.
+        lease_end: When the earliest live lease ends; None if no task is leased.
+    """
+
+    available: int | None
+    lease_end: int | None
+
+    @property
+    def earliest(self) -> int | None:
+        """The earlier of the two; None when neither is due."""
+        found = [t for t in (self.available, self.lease_end) if t is not None]
+        return min(found) if found else None
+
+
 async def next_wakeup(
     conn: AsyncConnection, queues: Sequence[str], *, after: int | None = None
-) -> int | None:
-    """Return the earliest time a task of ``queues`` becomes available or a lease ends.
+) -> Wakeup:
+    """Return the earliest time a task of ``queues`` becomes available, and a lease ends.
 
     With ``after``, only tasks that become available after it count: the dispatcher
     passes the time its claims ran, since a task available then and still pending
     has no free taker, and it is woken when capacity frees rather than spinning.
+    Leases count whatever their queue (any coordinator may sweep any lease). One
+    statement: both are scalar subqueries.
     """
-    times = []
+    available = None
     if queues:
         pending = [tasks.c.status == PENDING, tasks.c.queue.in_(set(queues))]
         if after is not None:
             pending.append(tasks.c.available_time > after)
-        times.append(
-            await conn.scalar(
-                select(tasks.c.available_time)
-                .where(*pending)
-                .order_by(tasks.c.available_time)
-                .limit(1)
-            )
-        )
-    times.append(
-        await conn.scalar(
-            select(tasks.c.lease_expire_time)
-            .where(tasks.c.status == LEASED)
-            .order_by(tasks.c.lease_expire_time)
+        available = (
+            select(tasks.c.available_time)
+            .where(*pending)
+            .order_by(tasks.c.available_time)
             .limit(1)
+            .scalar_subquery()
         )
+    lease_end = (
+        select(tasks.c.lease_expire_time)
+        .where(tasks.c.status == LEASED)
+        .order_by(tasks.c.lease_expire_time)
+        .limit(1)
+        .scalar_subquery()
     )
-    found = [int(t) for t in times if t is not None]
-    return min(found) if found else None
+    row = (
+        await conn.execute(select(available if available is not None else null(), lease_end))
+    ).one()
+    return Wakeup(None if row[0] is None else int(row[0]), None if row[1] is None else int(row[1]))
 
 
 async def find_task(conn: AsyncConnection, task_id: str) -> TaskRow | None:

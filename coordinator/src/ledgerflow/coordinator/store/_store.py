@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -143,6 +144,9 @@ class Store:
         self._writer: asyncio.Task[None] | None = None
         self._postgres = engine.dialect.name == "postgresql"
         self._conn: AsyncConnection | None = None
+        # The dispatcher's own connection (Postgres): see _dispatching.
+        self._dispatch_conn: AsyncConnection | None = None
+        self._dispatch_lock = asyncio.Lock()
         self._cache: OrderedDict[str, sql_runs.RunRow] = OrderedDict()
         # Task rows the writer committed, for fencing a worker's batch without a
         # lock (the flush re-checks them); claims and sweeps here drop their entries.
@@ -163,9 +167,10 @@ class Store:
             await self._queue.put(None)
             await self._writer
             self._writer = None
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        for conn in (self._conn, self._dispatch_conn):
+            if conn is not None:
+                await conn.close()
+        self._conn = self._dispatch_conn = None
 
     # -- writes ------------------------------------------------------------
 
@@ -184,7 +189,7 @@ class Store:
         now = _now()
         keys = ((spec.namespace, spec.idempotency_key),) if spec.idempotency_key else ()
         outcome = await self._submit(
-            ops.Needs(run_ids=(run_id,), idempotency_keys=keys),
+            ops.Needs(run_ids=(run_id,), idempotency_keys=keys, creates=True),
             lambda batch: ops.start_run(
                 batch, spec, run_id=run_id, now=now, retention=self.retention
             ),
@@ -311,7 +316,7 @@ class Store:
         The dispatch is not in the ledger yet: record it with :meth:`dispatch`. A
         coordinator dying in between leaves a lease that simply expires.
         """
-        async with self.engine.begin() as conn:
+        async with self._dispatching() as conn:
             claimed = await sql_tasks.claim(
                 conn,
                 queues=queues,
@@ -324,12 +329,15 @@ class Store:
                 namespace=namespace,
             )
         for task in claimed:
-            self._task_cache.pop(task.task_id, None)
+            # For the dispatch that follows: it fences on this row rather than lock it.
+            self._task_cache[task.task_id] = dataclasses.replace(task)
+        while len(self._task_cache) > self._cached_runs:
+            self._task_cache.popitem(last=False)
         return claimed
 
     async def expire_leases(self) -> list[str]:
         """Make every task whose lease ended pending again; return their ids."""
-        async with self.engine.begin() as conn:
+        async with self._dispatching() as conn:
             expired = await sql_tasks.expire_leases(conn, _now())
         for task_id in expired:
             self._task_cache.pop(task_id, None)
@@ -337,13 +345,42 @@ class Store:
 
     async def next_task_wakeup(
         self, queues: Sequence[str], *, after: int | None = None
-    ) -> int | None:
-        """Return when a task of ``queues`` next becomes available or a lease next ends.
+    ) -> sql_tasks.Wakeup:
+        """Return when a task of ``queues`` next becomes available, and a lease next ends.
 
         See ``sql_tasks.next_wakeup`` for ``after``.
         """
-        async with self._read() as conn:
+        async with self._dispatching() as conn:
             return await sql_tasks.next_wakeup(conn, queues, after=after)
+
+    @contextlib.asynccontextmanager
+    async def _dispatching(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for the dispatcher's claims, sweeps and wake-up queries.
+
+        Each of them is one statement, atomic on its own. On Postgres the dispatcher
+        keeps one connection in autocommit mode for them: a pooled connection cost a
+        pre-ping (three round trips) and BEGIN/COMMIT around every statement, on the
+        coordinator's one event loop, several times per dispatch round. A connection
+        that fails is dropped; the next call opens another.
+        """
+        if not self._postgres:
+            async with self.engine.begin() as pooled:
+                yield pooled
+            return
+        async with self._dispatch_lock:
+            conn = self._dispatch_conn
+            if conn is None or conn.closed or conn.invalidated:
+                conn = await self.engine.connect()
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                self._dispatch_conn = conn
+            try:
+                async with conn.begin():  # no BEGIN is sent in autocommit mode
+                    yield conn
+            except DBAPIError:
+                self._dispatch_conn = None
+                with contextlib.suppress(Exception):
+                    await conn.invalidate()
+                raise
 
     async def find_task(self, task_id: str) -> sql_tasks.TaskRow | None:
         """Return a task by id, as committed (for routing; decisions re-check under lock)."""
@@ -356,7 +393,8 @@ class Store:
         """Record a claimed task's dispatch; return what to send (:func:`task_ops.dispatch`)."""
         now = _now()
         outcome = await self._submit(
-            ops.Needs(run_ids=(task.run_id,), tasks=True),
+            # The claim cached the task: a plain dispatch goes without locks (fenced).
+            ops.Needs(run_ids=(task.run_id,), fenced=(task.task_id,)),
             lambda batch: task_ops.dispatch(
                 batch, task.task_id, task.lease_epoch, runtime, now=now, retention=self.retention
             ),
@@ -497,14 +535,58 @@ class Store:
                 self.writer_pids.add(int(pid))
         return self._conn
 
+    def _group_needs(self, group: list[_Pending], first_try: bool) -> ops.Needs:
+        """What a group needs loaded: the union of its requests' needs.
+
+        On a first try, request ids whose resends are rare are not looked up, and a
+        batch's fenced task comes from the cache when cached: a resend then fails the
+        insert of its request id, and a moved lease the check of the task row, and the
+        group is tried again with every lookup and lock (``first_try`` False).
+        """
+        lookups = dict.fromkeys(
+            k
+            for p in group
+            if not (first_try and p.needs.resends_rare)
+            for k in p.needs.request_ids
+        )
+        # Runs whose tasks are locked and loaded: those of requests that change tasks,
+        # and of fenced batches whose task is not cached (or on a retry).
+        task_runs = dict.fromkeys(r for p in group if p.needs.tasks for r in p.needs.run_ids)
+        # Runs a StartRun creates are not read on a first try (see Needs.creates).
+        assumed_new = dict.fromkeys(
+            r for p in group if first_try and p.needs.creates for r in p.needs.run_ids
+        )
+        for p in group:
+            if p.needs.fenced and not (
+                first_try
+                and all(t in self._task_cache for t in p.needs.fenced)
+                and not any(r in task_runs for r in p.needs.run_ids)
+            ):
+                task_runs.update(dict.fromkeys(p.needs.run_ids))
+        return ops.Needs(
+            run_ids=tuple(dict.fromkeys(r for p in group for r in p.needs.run_ids)),
+            request_ids=tuple(lookups),
+            idempotency_keys=tuple(
+                dict.fromkeys(
+                    k
+                    for p in group
+                    if not (first_try and p.needs.creates)
+                    for k in p.needs.idempotency_keys
+                )
+            ),
+            tasks=bool(task_runs),
+            assumed_new=tuple(assumed_new),
+            task_runs=tuple(task_runs),
+            fenced=tuple(dict.fromkeys(t for p in group for t in p.needs.fenced)),
+        )
+
     def _optimistic(self, needs: ops.Needs) -> bool:
         """Whether a group can go ahead without reading: every run cached, no lookups."""
         return (
-            (not needs.request_ids or needs.resends_rare)
+            not needs.request_ids
             and not needs.idempotency_keys
             and not needs.tasks
-            and all(run_id in self._cache for run_id in needs.run_ids)
-            and all(task_id in self._task_cache for task_id in needs.fenced)
+            and all(r in self._cache or r in needs.assumed_new for r in needs.run_ids)
         )
 
     async def _load(self, conn: AsyncConnection, needs: ops.Needs) -> ops.Batch:
@@ -514,11 +596,12 @@ class Store:
         read: the rows are used optimistically, and the flush writes a run only if
         its stored ``last_seq`` is still the cached one (else the group is redone,
         locking). Otherwise the group's runs are locked first and only the rows
-        whose ``last_seq`` moved are loaded.
+        whose ``last_seq`` moved are loaded. Fenced tasks not locked here come from
+        the cache either way; the flush checks their rows.
         """
         cache = self._cache
         if self._optimistic(needs):
-            rows = {run_id: cache.pop(run_id) for run_id in needs.run_ids}
+            rows = {run_id: cache.pop(run_id) for run_id in needs.run_ids if run_id in cache}
             tasks = {task_id: self._task_cache.pop(task_id) for task_id in needs.fenced}
             return ops.Batch(conn, rows, {}, {}, tasks)
         seqs = await sql_runs.lock_runs(conn, needs.run_ids)
@@ -538,12 +621,16 @@ class Store:
             rows.update(loaded)
         requests = await sql_events.find_requests(conn, needs.request_ids)
         keys = await sql_runs.run_ids_for_keys(conn, needs.idempotency_keys)
-        tasks = (
-            await sql_tasks.lock_tasks(conn, needs.run_ids) if needs.tasks or needs.fenced else {}
-        )
+        tasks = await sql_tasks.lock_tasks(conn, needs.task_runs)
         for task_id in tasks:
             self._task_cache.pop(task_id, None)
-        return ops.Batch(conn, rows, requests, keys, tasks)
+        for task_id in needs.fenced:
+            cached_task = self._task_cache.pop(task_id, None)
+            if task_id not in tasks and cached_task is not None:
+                tasks[task_id] = cached_task  # checked by the flush (check_leases)
+        batch = ops.Batch(conn, rows, requests, keys, tasks)
+        batch.task_runs = frozenset(needs.task_runs)
+        return batch
 
     async def _flush(self, conn: AsyncConnection, batch: ops.Batch) -> None:
         """Write everything the group changed (on Postgres, in one statement)."""
@@ -591,18 +678,9 @@ class Store:
         )
 
     async def _run_group(
-        self, conn: AsyncConnection, group: list[_Pending]
+        self, conn: AsyncConnection, group: list[_Pending], *, first_try: bool
     ) -> tuple[list[ops.Outcome | LedgerflowError], ops.Batch]:
-        needs = ops.Needs(
-            run_ids=tuple(dict.fromkeys(r for p in group for r in p.needs.run_ids)),
-            request_ids=tuple(dict.fromkeys(k for p in group for k in p.needs.request_ids)),
-            idempotency_keys=tuple(
-                dict.fromkeys(k for p in group for k in p.needs.idempotency_keys)
-            ),
-            tasks=any(p.needs.tasks for p in group),
-            fenced=tuple(dict.fromkeys(t for p in group for t in p.needs.fenced)),
-            resends_rare=all(p.needs.resends_rare for p in group if p.needs.request_ids),
-        )
+        needs = self._group_needs(group, first_try)
         results: list[ops.Outcome | LedgerflowError] = []
         # A group that reads nothing writes with one statement on Postgres, and one
         # statement is a transaction of its own: skipping BEGIN and COMMIT saves two
@@ -634,9 +712,9 @@ class Store:
         for attempt in range(3):
             try:
                 conn = await self._writer_connection()
-                results, batch = await self._run_group(conn, group)
+                results, batch = await self._run_group(conn, group, first_try=attempt == 0)
                 break
-            except (_LostRaceError, IntegrityError, _GuardFailedError):
+            except (_LostRaceError, IntegrityError, _GuardFailedError, ops.RedoLockingError):
                 # Another coordinator created a run (or appended to one) this group
                 # meant to write; its rows are committed now (the conflict waited for
                 # them), so the next attempt locks and loads them like any other.

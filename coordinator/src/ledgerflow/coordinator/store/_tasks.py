@@ -120,6 +120,15 @@ async def dispatch(
     except TaskRefusedError:
         return ops.Outcome(value=None)
     row = batch.rows.get(task.run_id)
+    if task.run_id not in batch.task_runs and (
+        row is None
+        or is_terminal(row.snapshot.status)
+        or task.kind == sql_tasks.STEP_TASK
+        or len(row.snapshot.open_waitpoints) > 0
+    ):
+        # Only the plain case (a workflow task of a live run with nothing to resolve)
+        # goes without the run's tasks locked: the others change tasks.
+        raise ops.RedoLockingError
     if row is None or is_terminal(row.snapshot.status):
         _finish(batch, task)
         return ops.Outcome(value=None)
@@ -132,7 +141,11 @@ async def dispatch(
     started.run_started.runtime.CopyFrom(runtime)
     started.run_started.invocation = task.invocation
     outcome = ops._append_one(batch, row, started, retention)
-    created = await sql_events.page_events(batch.conn, task.run_id, 0, 1)
+    if row.created is not None:
+        created = [row.created]
+        row.created = None  # a later dispatch (a retry) reads it; the cache stays small
+    else:
+        created = await sql_events.page_events(batch.conn, task.run_id, 0, 1)
     snap = row.snapshot
     out = workflow_pb2.WorkflowTask(
         task_id=task.task_id,
