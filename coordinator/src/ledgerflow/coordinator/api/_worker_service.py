@@ -271,18 +271,23 @@ class Dispatcher:
         for session in list(self.sessions.values()):
             if now - session.last_heard > silent_after:
                 continue  # inactive: its next message wakes us (WorkerService._read)
-            while session.free and session.session_id in self.sessions and not self._stopped:
+            more = True
+            while more and session.free and not self._stopped:
+                if session.session_id not in self.sessions:
+                    break  # it went away while we dispatched
+                limit = session.free
                 claimed = await self._store.claim_tasks(
                     queues=session.queues,
-                    limit=session.free,
+                    limit=limit,
                     lease_nanos=self._leases.lease_nanos,
                     worker_id=session.worker_id,
                     session_id=session.session_id,
                     step_queues=session.step_queues,
                     namespace=session.namespace,
                 )
-                if not claimed:
-                    break
+                # Fewer than asked: nothing else was available. What comes later wakes us
+                # (see wake), so asking again now would only find nothing.
+                more = len(claimed) == limit
                 for task in claimed:
                     session.held[task.task_id] = Held(task.run_id, task.lease_epoch)
                 # Recorded together: the writer commits the dispatches as one group.

@@ -23,6 +23,16 @@ A request's future is resolved only after the commit returns: nothing is
 acknowledged before it is durable. If the commit itself fails, every request in
 the group fails and none is acknowledged.
 
+**First try, then thorough.** What is almost always absent is not looked for on a
+group's first try: a worker batch's request id (a resend is rare), a StartRun's
+run and idempotency key (a new run is the rule), the lease of a task the writer
+or a claim cached (a lease taken over elsewhere is rare). The write itself
+catches the exception instead — a unique insert conflicts, the guarded task
+check fails — and the group is redone with every lookup and lock (the same for
+an operation that finds it needs locks it did not take, ``RedoLockingError``).
+So a run's StartRun, its dispatch and its batches usually cost one statement
+each; only results, cancellations, signals and heartbeats lock.
+
 The writer keeps the rows it committed in a bounded cache: the next group that
 touches a run finds its snapshot, journal and cursors already decoded. A cached
 row is only ever written back if the stored ``last_seq`` still equals its own —
