@@ -373,6 +373,56 @@ async def test_watch_run_skipping_intermediate_sends_the_first_and_the_terminal_
     assert again == [6]
 
 
+async def test_a_watch_never_starts_from_a_cached_run_another_coordinator_changed(
+    pg_cluster: Any,
+) -> None:
+    # WatchRun's first snapshot comes from the writer's cache when it has the run. A
+    # commit by another coordinator makes that copy old: its NOTIFY drops it, so a
+    # watch opened afterwards starts from the committed state, and one waiting only
+    # for the end gets it at once instead of waiting on an ended run.
+    if not pg_cluster.running:
+        pg_cluster.start()
+    url = pg_cluster.create_database("watch_cache")
+    first, second = (
+        Coordinator(ServerConfig(listen="127.0.0.1:0", database_url=url, shutdown_grace=2))
+        for _ in range(2)
+    )
+    await first.start()
+    await second.start()
+    try:
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as a,
+            grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as b,
+        ):
+            here, there = RunServiceStub(a), RunServiceStub(b)
+            await start(here)  # the first coordinator's writer now caches r1
+            assert first.store is not None
+            cached = first.store.peek_run("r1")
+            assert cached is not None
+            assert cached.last_seq == 1
+            watching = here.WatchRun(rpb.WatchRunRequest(run_id="r1"))
+            assert (await read(watching)).snapshot.last_seq == 1
+            await there.AppendEvents(rpb.AppendEventsRequest(events=[ev("r1", "run_started", 2)]))
+            # The first coordinator heard of it (its watcher has the new state)...
+            assert (await read(watching)).snapshot.last_seq == 2
+            # ...and no longer trusts its copy.
+            assert first.store.peek_run("r1") is None
+            fresh = here.WatchRun(rpb.WatchRunRequest(run_id="r1"))
+            assert (await read(fresh)).snapshot.last_seq == 2
+            await there.AppendEvents(rpb.AppendEventsRequest(events=[ev("r1", "run_completed", 3)]))
+            assert (await read(watching)).snapshot.status == pb.RUN_STATUS_COMPLETED
+            ended = [
+                m.snapshot.status
+                async for m in here.WatchRun(
+                    rpb.WatchRunRequest(run_id="r1", skip_intermediate=True)
+                )
+            ]
+            assert ended == [pb.RUN_STATUS_COMPLETED]
+    finally:
+        await first.stop()
+        await second.stop()
+
+
 async def test_a_watcher_that_reads_late_gets_increasing_snapshots_ending_at_the_last(
     stub: RunServiceAsyncStub,
 ) -> None:

@@ -447,7 +447,12 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         self._non_negative(request.after_seq, "after_seq")
         # Subscribe before reading, so no commit falls between the read and the watch.
         with self._hub.watch_run(request.run_id, terminal_only=request.skip_intermediate) as sub:
-            snapshot = await self._get_visible(request.run_id)
+            # From the writer's cache when it has the run: no read (see Store.peek_run).
+            cached = self._store.peek_run(request.run_id)
+            if cached is None:
+                snapshot = await self._get_visible(request.run_id)
+            else:
+                snapshot = self._visible(cached)
             last = request.after_seq
             while True:
                 if snapshot.last_seq > last:

@@ -77,6 +77,8 @@ class PostgresListener:
         if self._on_other_commit is not None:
             self._on_other_commit()
         seq_text, _, run_id = str(payload).partition(" ")
+        # Our cached copy is older now: no stream may start from it (Store.peek_run).
+        self._store.forget(run_id)
         if not run_id or not self._hub.wants(run_id):
             return
         seq = int(seq_text)
@@ -106,7 +108,9 @@ class PostgresListener:
                 conn.add_termination_listener(on_lost)
                 await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
                 if self._connected.is_set():
-                    # Reconnected: what was announced while we were away is lost; re-read.
+                    # Reconnected: what was announced while we were away is lost; re-read,
+                    # and trust no cached run.
+                    self._store.forget()
                     for run_id in list(self._hub.watched_runs()):
                         self._dirty.setdefault(run_id, 0)
                     self._wake.set()

@@ -789,6 +789,29 @@ class Store:
 
     # -- reads -------------------------------------------------------------
 
+    def peek_run(self, run_id: str) -> pb.RunSnapshot | None:
+        """Return a copy of the run's snapshot as this process last committed it, if cached.
+
+        No database read. The cache holds only committed states; it is current unless
+        another coordinator changed the run since and the NOTIFY saying so has not
+        arrived yet (its arrival drops the row: :meth:`forget`). So it suits a stream
+        that subscribed to the run's changes first (WatchRun: that NOTIFY then reaches
+        the stream), not a one-off read (GetRun).
+        """
+        row = self._cache.get(run_id)
+        if row is None:
+            return None
+        snapshot = pb.RunSnapshot()
+        snapshot.CopyFrom(row.snapshot)
+        return snapshot
+
+    def forget(self, run_id: str | None = None) -> None:
+        """Drop a cached run (another process changed it), or every one (None)."""
+        if run_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(run_id, None)
+
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         # Read-only: on SQLite a DEFERRED transaction reads a WAL snapshot without
