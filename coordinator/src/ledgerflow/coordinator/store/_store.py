@@ -55,7 +55,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -79,6 +79,9 @@ from ledgerflow.ledger import LogRetention
 from ledgerflow.v1 import common_pb2, step_pb2, workflow_pb2
 from ledgerflow.v1 import ledger_pb2 as pb
 from ledgerflow.v1 import run_service_pb2 as rpb
+
+if TYPE_CHECKING:
+    import asyncpg
 
 _log = logging.getLogger(__name__)
 
@@ -154,6 +157,10 @@ class Store:
         self._writer: asyncio.Task[None] | None = None
         self._postgres = engine.dialect.name == "postgresql"
         self._conn: AsyncConnection | None = None
+        self._driver: asyncpg.Connection | None = None
+        """The writer connection's asyncpg connection (Postgres)."""
+        self._single = False
+        """Whether the group being written is one autocommit statement."""
         # The dispatcher's own connection (Postgres): see _dispatching.
         self._dispatch_conn: AsyncConnection | None = None
         self._dispatch_lock = asyncio.Lock()
@@ -539,10 +546,13 @@ class Store:
         # for every commit cost two round trips on the hot path.
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             self._conn = await self.engine.connect()
+            self._driver = None
             if self._postgres:
                 pid = await self._conn.scalar(text("SELECT pg_backend_pid()"))
                 await self._conn.rollback()
                 self.writer_pids.add(int(pid))
+                # The write statement goes to asyncpg directly (see _dialect.write_all).
+                self._driver = (await self._conn.get_raw_connection()).driver_connection
         return self._conn
 
     def _group_needs(self, group: list[_Pending], first_try: bool) -> ops.Needs:
@@ -685,6 +695,11 @@ class Store:
                 sql_tasks.save_tasks([batch.tasks[t] for t in batch.dirty_tasks]),
             ],
             notify=notify,
+            # Straight to asyncpg when the statement may run as it is: on its own (an
+            # autocommit group), or inside the transaction the group's reads began.
+            driver=self._driver
+            if self._driver is not None and (self._single or self._driver.is_in_transaction())
+            else None,
         )
 
     async def _run_group(
@@ -697,7 +712,7 @@ class Store:
         # of its three round trips. Its guard (every run row still at the seq it was
         # cached at) fails the statement as a whole, so nothing half-written commits.
         if self._postgres:
-            single = self._optimistic(needs)
+            single = self._single = self._optimistic(needs)
             await conn.execution_options(
                 isolation_level="AUTOCOMMIT" if single else self._isolation
             )
@@ -736,7 +751,7 @@ class Store:
                 if self._conn is not None:
                     with contextlib.suppress(Exception):
                         await self._conn.invalidate()
-                    self._conn = None
+                    self._conn = self._driver = None
                 # A serialization failure or deadlock is retried as a whole; anything else
                 # (the database is down) fails the group: nothing was acknowledged.
                 retriable = getattr(err.orig, "sqlstate", None) in ("40001", "40P01")
