@@ -165,12 +165,17 @@ def _pg_positional(shapes: tuple[tuple[Any, ...], ...], notify: bool) -> tuple[s
     return _NAMED.sub(number, _pg_text(shapes, notify)), names
 
 
-async def _execute_raw(driver: asyncpg.Connection, sql: str, args: list[Any]) -> Any:
-    """Run one statement on the asyncpg connection; raise errors as SQLAlchemy does."""
+async def fetch_raw(driver: asyncpg.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
+    """Run one statement on an asyncpg connection and return its rows (asyncpg records).
+
+    Errors are raised as SQLAlchemy's: ``IntegrityError`` for a constraint, else
+    ``DBAPIError`` (``connection_invalidated`` when the connection is gone), with
+    the asyncpg error as ``orig``.
+    """
     import asyncpg
 
     try:
-        return await driver.fetchrow(sql, *args)
+        return list(await driver.fetch(sql, *args))
     except asyncpg.IntegrityConstraintViolationError as err:
         raise IntegrityError(sql, None, err) from err
     except asyncpg.PostgresError as err:
@@ -248,7 +253,7 @@ async def write_all(
         shapes = tuple(w.shape for _, w in todo)
         if driver is not None:
             sql, names = _pg_positional(shapes, do_notify)
-            result = await _execute_raw(driver, sql, [params[n] for n in names])
+            (result,) = await fetch_raw(driver, sql, [params[n] for n in names])
         else:
             result = (await conn.execute(_pg_statement(shapes, do_notify), params)).one()
         returning = [i for i, w in todo if w.returning]

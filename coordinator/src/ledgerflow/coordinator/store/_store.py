@@ -164,6 +164,7 @@ class Store:
         # The dispatcher's own connection (Postgres): see _dispatching.
         self._dispatch_conn: AsyncConnection | None = None
         self._dispatch_lock = asyncio.Lock()
+        self._dispatch_driver: asyncpg.Connection | None = None
         self._cache: OrderedDict[str, sql_runs.RunRow] = OrderedDict()
         # Task rows the writer committed, for fencing a worker's batch without a
         # lock (the flush re-checks them); claims and sweeps here drop their entries.
@@ -333,18 +334,32 @@ class Store:
         The dispatch is not in the ledger yet: record it with :meth:`dispatch`. A
         coordinator dying in between leaves a lease that simply expires.
         """
+        now = _now()
         async with self._dispatching() as conn:
-            claimed = await sql_tasks.claim(
-                conn,
-                queues=queues,
-                limit=limit,
-                now=_now(),
-                lease_nanos=lease_nanos,
-                worker_id=worker_id,
-                session_id=session_id,
-                step_queues=step_queues,
-                namespace=namespace,
-            )
+            if self._dispatch_driver is not None:
+                claimed = await sql_tasks.claim_pg(
+                    self._dispatch_driver,
+                    queues=queues,
+                    limit=limit,
+                    now=now,
+                    lease_nanos=lease_nanos,
+                    worker_id=worker_id,
+                    session_id=session_id,
+                    step_queues=step_queues,
+                    namespace=namespace,
+                )
+            else:
+                claimed = await sql_tasks.claim(
+                    conn,
+                    queues=queues,
+                    limit=limit,
+                    now=now,
+                    lease_nanos=lease_nanos,
+                    worker_id=worker_id,
+                    session_id=session_id,
+                    step_queues=step_queues,
+                    namespace=namespace,
+                )
         for task in claimed:
             # For the dispatch that follows: it fences on this row rather than lock it.
             self._task_cache[task.task_id] = dataclasses.replace(task)
@@ -368,6 +383,8 @@ class Store:
         See ``sql_tasks.next_wakeup`` for ``after``.
         """
         async with self._dispatching() as conn:
+            if self._dispatch_driver is not None:
+                return await sql_tasks.next_wakeup_pg(self._dispatch_driver, queues, after=after)
             return await sql_tasks.next_wakeup(conn, queues, after=after)
 
     @contextlib.asynccontextmanager
@@ -390,11 +407,13 @@ class Store:
                 conn = await self.engine.connect()
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
                 self._dispatch_conn = conn
+                # Claims and wake-up queries go straight to asyncpg (sql_tasks.claim_pg).
+                self._dispatch_driver = (await conn.get_raw_connection()).driver_connection
             try:
                 async with conn.begin():  # no BEGIN is sent in autocommit mode
                     yield conn
             except DBAPIError:
-                self._dispatch_conn = None
+                self._dispatch_conn = self._dispatch_driver = None
                 with contextlib.suppress(Exception):
                     await conn.invalidate()
                 raise
