@@ -628,7 +628,7 @@ class Store:
             and all(r in self._cache or r in needs.assumed_new for r in needs.run_ids)
         )
 
-    async def _load(self, conn: AsyncConnection, needs: ops.Needs) -> ops.Batch:
+    async def _load(self, conn: AsyncConnection, needs: ops.Needs, optimistic: bool) -> ops.Batch:
         """Load what the group needs; cached rows leave the cache while in use.
 
         When every run the group names is cached and it asks no lookups, nothing is
@@ -639,9 +639,16 @@ class Store:
         the cache either way; the flush checks their rows.
         """
         cache = self._cache
-        if self._optimistic(needs):
+        fenced = {t: self._task_cache.pop(t, None) for t in needs.fenced}
+        if optimistic:
+            # Decided before this method's caller awaited: a run the listener dropped
+            # from the cache meanwhile is read as any other (the next try locks).
+            if any(r not in cache and r not in needs.assumed_new for r in needs.run_ids):
+                raise ops.RedoLockingError
             rows = {run_id: cache.pop(run_id) for run_id in needs.run_ids if run_id in cache}
-            tasks = {task_id: self._task_cache.pop(task_id) for task_id in needs.fenced}
+            tasks = {t: task for t, task in fenced.items() if task is not None}
+            if len(tasks) != len(fenced):
+                raise ops.RedoLockingError  # a sweep took a cached task meanwhile
             return ops.Batch(conn, rows, {}, {}, tasks)
         seqs = await sql_runs.lock_runs(conn, needs.run_ids)
         rows = {}
@@ -663,10 +670,12 @@ class Store:
         tasks = await sql_tasks.lock_tasks(conn, needs.task_runs)
         for task_id in tasks:
             self._task_cache.pop(task_id, None)
-        for task_id in needs.fenced:
-            cached_task = self._task_cache.pop(task_id, None)
-            if task_id not in tasks and cached_task is not None:
-                tasks[task_id] = cached_task  # checked by the flush (check_leases)
+        for task_id, cached_task in fenced.items():
+            if task_id in tasks:
+                continue
+            if cached_task is None:
+                raise ops.RedoLockingError  # a sweep took it from the cache meanwhile
+            tasks[task_id] = cached_task  # checked by the flush (check_leases)
         batch = ops.Batch(conn, rows, requests, keys, tasks)
         batch.task_runs = frozenset(needs.task_runs)
         return batch
@@ -730,13 +739,13 @@ class Store:
         # statement is a transaction of its own: skipping BEGIN and COMMIT saves two
         # of its three round trips. Its guard (every run row still at the seq it was
         # cached at) fails the statement as a whole, so nothing half-written commits.
+        single = self._single = self._optimistic(needs)
         if self._postgres:
-            single = self._single = self._optimistic(needs)
             await conn.execution_options(
                 isolation_level="AUTOCOMMIT" if single else self._isolation
             )
         async with conn.begin():
-            batch = await self._load(conn, needs)
+            batch = await self._load(conn, needs, single)
             for pending in group:
                 before = batch.changes()
                 try:
