@@ -297,10 +297,14 @@ async def test_two_coordinators_never_lease_one_task_twice(engine: AsyncEngine) 
     assert len(ids) == len(set(ids)) == 40
 
 
-async def test_a_lease_taken_over_elsewhere_fences_a_cached_task(store: Store) -> None:
+@pytest.mark.parametrize("grouped", [False, True], ids=["alone", "in-a-locking-group"])
+async def test_a_lease_taken_over_elsewhere_fences_a_cached_task(
+    store: Store, grouped: bool
+) -> None:
     # The writer fences a worker's batch on its cached task row, without a lock; the
     # write re-checks the row. Here another coordinator (by hand) gave the task a new
-    # epoch: the batch must be refused, and nothing of it written.
+    # epoch: the batch must be refused, and nothing of it written. The same in a group
+    # that locks (with a new run's StartRun): the task comes from the cache there too.
     await store.start_run(StartRunSpec(workflow_name="wf", run_id="a"))
     task = await claim_one(store)
     await store.dispatch(task, RUNTIME)
@@ -312,12 +316,19 @@ async def test_a_lease_taken_over_elsewhere_fences_a_cached_task(store: Store) -
         await conn.execute(
             text("UPDATE tasks SET lease_epoch = 2 WHERE task_id = :t"), {"t": task.task_id}
         )
-    with pytest.raises(TaskRefusedError) as refused:
-        await store.append_task_events(
-            "a", task.task_id, 1, 2, [ev("a", "step_completed", 1, step_id="s")]
-        )
-    assert refused.value.reason == wpb.TASK_REJECT_REASON_STALE_LEASE
+    stale = store.append_task_events(
+        "a", task.task_id, 1, 2, [ev("a", "step_completed", 1, step_id="s")]
+    )
+    others = [store.start_run(StartRunSpec(workflow_name="wf", run_id="b"))] if grouped else []
+    refused, *started = await asyncio.gather(stale, *others, return_exceptions=True)
+    assert isinstance(refused, TaskRefusedError)
+    assert refused.reason == wpb.TASK_REJECT_REASON_STALE_LEASE
     assert len(await assert_consistent(store, "a")) == before
+    if grouped:
+        (outcome,) = started
+        assert isinstance(outcome, tuple)
+        assert outcome[0].run_id == "b"
+        assert len(await assert_consistent(store, "b")) == 1
 
 
 async def test_a_resend_grouped_with_a_locking_request_is_acknowledged_once(
@@ -340,37 +351,6 @@ async def test_a_resend_grouped_with_a_locking_request_is_acknowledged_once(
     assert (started.run_id, created) == ("b", True)
     events = await assert_consistent(store, "a")
     assert [e.WhichOneof("payload") for e in events].count("step_started") == 1
-    assert len(await assert_consistent(store, "b")) == 1
-
-
-async def test_a_cached_task_grouped_with_a_locking_request_is_still_fenced(
-    store: Store,
-) -> None:
-    # As test_a_lease_taken_over_elsewhere_fences_a_cached_task, in a group that locks:
-    # the batch's task comes from the cache there too, and the write checks it.
-    await store.start_run(StartRunSpec(workflow_name="wf", run_id="a"))
-    task = await claim_one(store)
-    await store.dispatch(task, RUNTIME)
-    await store.append_task_events(
-        "a", task.task_id, 1, 1, [ev("a", "step_started", 1, step_id="s")]
-    )
-    before = len(await assert_consistent(store, "a"))
-    async with store.engine.begin() as conn:
-        await conn.execute(
-            text("UPDATE tasks SET lease_epoch = 2 WHERE task_id = :t"), {"t": task.task_id}
-        )
-    refused, outcome = await asyncio.gather(
-        store.append_task_events(
-            "a", task.task_id, 1, 2, [ev("a", "step_completed", 1, step_id="s")]
-        ),
-        store.start_run(StartRunSpec(workflow_name="wf", run_id="b")),
-        return_exceptions=True,
-    )
-    assert isinstance(refused, TaskRefusedError)
-    assert refused.reason == wpb.TASK_REJECT_REASON_STALE_LEASE
-    assert len(await assert_consistent(store, "a")) == before
-    assert not isinstance(outcome, BaseException)
-    assert outcome[0].run_id == "b"
     assert len(await assert_consistent(store, "b")) == 1
 
 

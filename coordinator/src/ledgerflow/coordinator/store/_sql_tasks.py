@@ -148,6 +148,7 @@ async def claim(
     session_id: str,
     step_queues: Sequence[str] = (),
     namespace: str | None = None,
+    driver: asyncpg.Connection | None = None,
 ) -> list[TaskRow]:
     """Lease up to ``limit`` available pending tasks, oldest first.
 
@@ -158,9 +159,15 @@ async def claim(
     Each claimed task's epoch and invocation grow by one. On Postgres, ``FOR
     UPDATE SKIP LOCKED`` lets coordinators claim concurrently without waiting on
     each other or taking the same task; SQLite has one writer at a time anyway.
+    With ``driver`` (Postgres, autocommit), the statement goes straight to asyncpg.
     """
     if not (queues or step_queues) or limit <= 0:
         return []
+    if driver is not None:
+        args = (now, lease_nanos, worker_id, session_id, list(queues), list(step_queues))
+        raw = await fetch_raw(driver, _CLAIM_PG, (*args, namespace, limit))
+        leased = (TaskRow(**dict(row.items())) for row in raw)
+        return sorted(leased, key=lambda t: (t.available_time, t.task_id))
     wanted = []
     if queues:
         wanted.append(and_(tasks.c.kind == WORKFLOW_TASK, tasks.c.queue.in_(set(queues))))
@@ -215,27 +222,6 @@ RETURNING {", ".join(_COLUMNS)}
 """
 
 
-async def claim_pg(
-    driver: asyncpg.Connection,
-    *,
-    queues: Sequence[str],
-    limit: int,
-    now: int,
-    lease_nanos: int,
-    worker_id: str,
-    session_id: str,
-    step_queues: Sequence[str] = (),
-    namespace: str | None = None,
-) -> list[TaskRow]:
-    """:func:`claim` on Postgres, in one statement on an asyncpg connection (autocommit)."""
-    if not (queues or step_queues) or limit <= 0:
-        return []
-    args = (now, lease_nanos, worker_id, session_id, list(queues), list(step_queues))
-    rows = await fetch_raw(driver, _CLAIM_PG, (*args, namespace, limit))
-    claimed = (TaskRow(**dict(row.items())) for row in rows)
-    return sorted(claimed, key=lambda t: (t.available_time, t.task_id))
-
-
 _NEXT_WAKEUP_PG = f"""
 SELECT
     (SELECT available_time FROM tasks
@@ -245,14 +231,6 @@ SELECT
     (SELECT lease_expire_time FROM tasks
      WHERE status = {LEASED} ORDER BY lease_expire_time LIMIT 1)
 """
-
-
-async def next_wakeup_pg(
-    driver: asyncpg.Connection, queues: Sequence[str], *, after: int | None = None
-) -> Wakeup:
-    """:func:`next_wakeup` on Postgres, on an asyncpg connection."""
-    ((available, lease_end),) = await fetch_raw(driver, _NEXT_WAKEUP_PG, (list(queues), after))
-    return Wakeup(available, lease_end)
 
 
 async def expire_leases(conn: AsyncConnection, now: int) -> list[str]:
@@ -299,7 +277,11 @@ class Wakeup:
 
 
 async def next_wakeup(
-    conn: AsyncConnection, queues: Sequence[str], *, after: int | None = None
+    conn: AsyncConnection,
+    queues: Sequence[str],
+    *,
+    after: int | None = None,
+    driver: asyncpg.Connection | None = None,
 ) -> Wakeup:
     """Return the earliest time a task of ``queues`` becomes available, and a lease ends.
 
@@ -307,8 +289,11 @@ async def next_wakeup(
     passes the time its claims ran, since a task available then and still pending
     has no free taker, and it is woken when capacity frees rather than spinning.
     Leases count whatever their queue (any coordinator may sweep any lease). One
-    statement: both are scalar subqueries.
+    statement: both are scalar subqueries. With ``driver`` (Postgres), straight to asyncpg.
     """
+    if driver is not None:
+        ((soonest, lease_end),) = await fetch_raw(driver, _NEXT_WAKEUP_PG, (list(queues), after))
+        return Wakeup(soonest, lease_end)
     available = None
     if queues:
         pending = [tasks.c.status == PENDING, tasks.c.queue.in_(set(queues))]

@@ -336,30 +336,18 @@ class Store:
         """
         now = _now()
         async with self._dispatching() as conn:
-            if self._dispatch_driver is not None:
-                claimed = await sql_tasks.claim_pg(
-                    self._dispatch_driver,
-                    queues=queues,
-                    limit=limit,
-                    now=now,
-                    lease_nanos=lease_nanos,
-                    worker_id=worker_id,
-                    session_id=session_id,
-                    step_queues=step_queues,
-                    namespace=namespace,
-                )
-            else:
-                claimed = await sql_tasks.claim(
-                    conn,
-                    queues=queues,
-                    limit=limit,
-                    now=now,
-                    lease_nanos=lease_nanos,
-                    worker_id=worker_id,
-                    session_id=session_id,
-                    step_queues=step_queues,
-                    namespace=namespace,
-                )
+            claimed = await sql_tasks.claim(
+                conn,
+                queues=queues,
+                limit=limit,
+                now=now,
+                lease_nanos=lease_nanos,
+                worker_id=worker_id,
+                session_id=session_id,
+                step_queues=step_queues,
+                namespace=namespace,
+                driver=self._dispatch_driver,
+            )
         for task in claimed:
             # For the dispatch that follows: it fences on this row rather than lock it.
             self._task_cache[task.task_id] = dataclasses.replace(task)
@@ -383,9 +371,9 @@ class Store:
         See ``sql_tasks.next_wakeup`` for ``after``.
         """
         async with self._dispatching() as conn:
-            if self._dispatch_driver is not None:
-                return await sql_tasks.next_wakeup_pg(self._dispatch_driver, queues, after=after)
-            return await sql_tasks.next_wakeup(conn, queues, after=after)
+            return await sql_tasks.next_wakeup(
+                conn, queues, after=after, driver=self._dispatch_driver
+            )
 
     @contextlib.asynccontextmanager
     async def _dispatching(self) -> AsyncIterator[AsyncConnection]:
@@ -407,7 +395,7 @@ class Store:
                 conn = await self.engine.connect()
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
                 self._dispatch_conn = conn
-                # Claims and wake-up queries go straight to asyncpg (sql_tasks.claim_pg).
+                # Claims and wake-up queries go straight to asyncpg (see sql_tasks.claim).
                 self._dispatch_driver = (await conn.get_raw_connection()).driver_connection
             try:
                 async with conn.begin():  # no BEGIN is sent in autocommit mode
