@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from google.protobuf.duration_pb2 import Duration
@@ -11,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledgerflow.coordinator.store import StartRunSpec, Store
+from ledgerflow.coordinator.store import _sql_tasks as sql_tasks
 from ledgerflow.coordinator.store._tasks import TIMEOUT_REASON, TaskRefusedError, release_delay
 from ledgerflow.ledger import json_payload, payload_value
 from ledgerflow.v1 import ledger_pb2 as pb
@@ -83,6 +85,34 @@ async def test_batches_append_under_the_lease_and_resends_are_acknowledged_once(
     assert first.value == again.value == {"c": 2}
     events = await assert_consistent(store, "a")
     assert [e.WhichOneof("payload") for e in events].count("step_started") == 1
+
+
+async def test_a_claim_leases_at_most_its_limit_oldest_first(store: Store) -> None:
+    # Regression: on Postgres ``UPDATE … WHERE task_id IN (SELECT … LIMIT n FOR UPDATE
+    # SKIP LOCKED)`` leased every pending task whatever n, so one session got more
+    # tasks than it had slots and its worker handed the rest back.
+    for i in range(12):
+        await store.start_run(StartRunSpec(workflow_name="wf", run_id=f"r{i:02}"))
+    first = await store.claim_tasks(
+        queues=["wf"], limit=2, lease_nanos=60 * SECOND, worker_id="w", session_id="s"
+    )
+    assert [t.run_id for t in first] == ["r00", "r01"]
+    # The statement without the coordinator's own asyncpg connection (SQLAlchemy's).
+    async with store.engine.begin() as conn:
+        second = await sql_tasks.claim(
+            conn,
+            queues=["wf"],
+            limit=3,
+            now=time.time_ns(),
+            lease_nanos=60 * SECOND,
+            worker_id="w",
+            session_id="s",
+        )
+    assert [t.run_id for t in second] == ["r02", "r03", "r04"]
+    rest = await store.claim_tasks(
+        queues=["wf"], limit=50, lease_nanos=60 * SECOND, worker_id="w", session_id="s"
+    )
+    assert len(rest) == 7
 
 
 async def test_a_stale_epoch_is_refused_and_changes_nothing(store: Store) -> None:

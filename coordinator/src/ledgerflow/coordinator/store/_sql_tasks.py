@@ -183,9 +183,13 @@ async def claim(
     )
     if conn.dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
+    # A CTE, not ``IN (subquery)``: Postgres may run a locking subquery with a LIMIT
+    # once per row it updates, so ``IN`` claimed every pending task, whatever the
+    # limit. A CTE runs once.
+    picked = candidates.cte("picked")
     rows = await conn.execute(
         update(tasks)
-        .where(tasks.c.task_id.in_(candidates.scalar_subquery()), tasks.c.status == PENDING)
+        .where(tasks.c.task_id.in_(select(picked.c.task_id)), tasks.c.status == PENDING)
         .values(
             status=LEASED,
             lease_epoch=tasks.c.lease_epoch + 1,
@@ -205,10 +209,7 @@ async def claim(
 # SQLAlchemy built, compiled and ran them for more CPU than Postgres spent on them.
 
 _CLAIM_PG = f"""
-UPDATE tasks SET status = {LEASED}, lease_epoch = lease_epoch + 1,
-    invocation = invocation + 1, lease_expire_time = $1::bigint + $2::bigint,
-    worker_id = $3, session_id = $4
-WHERE status = {PENDING} AND task_id IN (
+WITH picked AS (
     SELECT task_id FROM tasks
     WHERE status = {PENDING} AND available_time <= $1::bigint
       AND ((kind = {WORKFLOW_TASK} AND queue = ANY($5::text[]))
@@ -218,7 +219,12 @@ WHERE status = {PENDING} AND task_id IN (
     LIMIT $8
     FOR UPDATE SKIP LOCKED
 )
-RETURNING {", ".join(_COLUMNS)}
+UPDATE tasks SET status = {LEASED}, lease_epoch = lease_epoch + 1,
+    invocation = invocation + 1, lease_expire_time = $1::bigint + $2::bigint,
+    worker_id = $3, session_id = $4
+FROM picked
+WHERE tasks.task_id = picked.task_id AND tasks.status = {PENDING}
+RETURNING {", ".join(f"tasks.{c}" for c in _COLUMNS)}
 """
 
 
