@@ -416,9 +416,20 @@ class Store:
     ) -> task_ops.Dispatched | None:
         """Record a claimed task's dispatch; return what to send (:func:`task_ops.dispatch`)."""
         now = _now()
+        # The claim cached the task: a plain dispatch goes without locks (fenced). One
+        # that will change tasks (see task_ops.dispatch) locks them from the start
+        # rather than find out on a first try; the cached row is only a hint.
+        cached = self._cache.get(task.run_id)
+        plain = task.kind == sql_tasks.WORKFLOW_TASK and (
+            cached is None or not cached.snapshot.open_waitpoints
+        )
+        needs = (
+            ops.Needs(run_ids=(task.run_id,), fenced=(task.task_id,))
+            if plain
+            else ops.Needs(run_ids=(task.run_id,), tasks=True)
+        )
         outcome = await self._submit(
-            # The claim cached the task: a plain dispatch goes without locks (fenced).
-            ops.Needs(run_ids=(task.run_id,), fenced=(task.task_id,)),
+            needs,
             lambda batch: task_ops.dispatch(
                 batch, task.task_id, task.lease_epoch, runtime, now=now, retention=self.retention
             ),
