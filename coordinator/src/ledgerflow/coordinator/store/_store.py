@@ -120,6 +120,16 @@ class _Pending:
     future: asyncio.Future[ops.Outcome]
 
 
+def _unusable(conn: AsyncConnection | None, driver: asyncpg.Connection | None) -> bool:
+    """Whether a kept connection must be replaced: gone, or closed by the server."""
+    return (
+        conn is None
+        or conn.closed
+        or conn.invalidated
+        or (driver is not None and driver.is_closed())
+    )
+
+
 def _now() -> int:
     return time.time_ns()
 
@@ -391,7 +401,10 @@ class Store:
             return
         async with self._dispatch_lock:
             conn = self._dispatch_conn
-            if conn is None or conn.closed or conn.invalidated:
+            if conn is None or _unusable(conn, self._dispatch_driver):
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.invalidate()
                 conn = await self.engine.connect()
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
                 self._dispatch_conn = conn
@@ -561,17 +574,23 @@ class Store:
 
     async def _writer_connection(self) -> AsyncConnection:
         # The writer keeps one connection: checking one out of the pool (and pinging it)
-        # for every commit cost two round trips on the hot path.
-        if self._conn is None or self._conn.closed or self._conn.invalidated:
-            self._conn = await self.engine.connect()
-            self._driver = None
-            if self._postgres:
-                pid = await self._conn.scalar(text("SELECT pg_backend_pid()"))
-                await self._conn.rollback()
-                self.writer_pids.add(int(pid))
-                # The write statement goes to asyncpg directly (see _dialect.write_all).
-                self._driver = (await self._conn.get_raw_connection()).driver_connection
-        return self._conn
+        # for every commit cost two round trips on the hot path. asyncpg notices a
+        # connection the server closed (a restart) without a round trip: replace it
+        # before a group fails on it.
+        if self._conn is not None and not _unusable(self._conn, self._driver):
+            return self._conn
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.invalidate()
+        self._conn = conn = await self.engine.connect()
+        self._driver = None
+        if self._postgres:
+            pid = await conn.scalar(text("SELECT pg_backend_pid()"))
+            await conn.rollback()
+            self.writer_pids.add(int(pid))
+            # The write statement goes to asyncpg directly (see _dialect.write_all).
+            self._driver = (await conn.get_raw_connection()).driver_connection
+        return conn
 
     def _group_needs(self, group: list[_Pending], first_try: bool) -> ops.Needs:
         """What a group needs loaded: the union of its requests' needs.
