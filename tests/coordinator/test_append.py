@@ -256,6 +256,33 @@ async def test_a_killed_database_connection_mid_stream_loses_and_doubles_nothing
     assert len(events) == 1 + 2 * 120
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_a_writer_connection_the_server_closed_is_replaced_before_use(
+    engine: AsyncEngine,
+) -> None:
+    # The writer keeps its connection between groups. When the server ends it while
+    # idle (a restart, here pg_terminate_backend), asyncpg notices at once; the next
+    # group must go to a new connection, not fail on the dead one.
+    store = Store(engine)
+    await store.start()
+    try:
+        await store.start_run(StartRunSpec(workflow_name="wf", run_id="a"))
+        (old_pid,) = store.writer_pids
+        writer = store._driver  # the writer's asyncpg connection (white-box: to await its end)
+        assert writer is not None
+        ended = asyncio.Event()
+        writer.add_termination_listener(lambda _conn: ended.set())
+        async with engine.connect() as admin:
+            await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": old_pid})
+        await asyncio.wait_for(ended.wait(), 30)
+        snapshot, created = await store.start_run(StartRunSpec(workflow_name="wf", run_id="b"))
+        assert (snapshot.run_id, created) == ("b", True)
+        assert len(store.writer_pids - {old_pid}) == 1  # a new backend wrote it
+    finally:
+        await store.close()
+    assert len(await assert_consistent(Store(engine), "b")) == 1
+
+
 async def test_a_write_from_a_stale_cached_row_is_refused_whole(store: Store) -> None:
     # Something else moved the run's row on (here by hand: last_seq bumped without
     # events, which no coordinator does, so the seq guard is the only thing that can
