@@ -426,6 +426,23 @@ class Client:
         """
         return (await self._call(self._stub.GetRun, rq.get_run(run_id))).run
 
+    def _run_filter(
+        self,
+        statuses: Iterable[rq.RunStatusLike],
+        workflow_name: str,
+        created_after: datetime | None,
+        created_before: datetime | None,
+        namespace: str | None,
+    ) -> run_service_pb2.RunFilter:
+        """The filter of list_runs, iter_runs and watch_runs (the client's namespace by default)."""
+        return rq.run_filter(
+            statuses,
+            workflow_name,
+            created_after,
+            created_before,
+            rq.request_namespace(namespace, self._namespace),
+        )
+
     async def list_runs(
         self,
         *,
@@ -458,12 +475,8 @@ class Client:
                 token or size.
             PermissionDeniedError: The token is confined to another namespace.
         """
-        selected = rq.run_filter(
-            statuses,
-            workflow_name,
-            created_after,
-            created_before,
-            rq.request_namespace(namespace, self._namespace),
+        selected = self._run_filter(
+            statuses, workflow_name, created_after, created_before, namespace
         )
         request = rq.list_runs(selected, page_size, page_token)
         return rq.list_runs_page(await self._call(self._stub.ListRuns, request))
@@ -483,12 +496,8 @@ class Client:
 
         Takes the arguments of :meth:`list_runs`; ``page_token`` resumes a listing.
         """
-        selected = rq.run_filter(
-            statuses,
-            workflow_name,
-            created_after,
-            created_before,
-            rq.request_namespace(namespace, self._namespace),
+        selected = self._run_filter(
+            statuses, workflow_name, created_after, created_before, namespace
         )
         token: str | None = page_token
         while token is not None:
@@ -633,12 +642,8 @@ class Client:
         Returns:
             A run summary per change.
         """
-        selected = rq.run_filter(
-            statuses,
-            workflow_name,
-            created_after,
-            created_before,
-            rq.request_namespace(namespace, self._namespace),
+        selected = self._run_filter(
+            statuses, workflow_name, created_after, created_before, namespace
         )
         request = rq.watch_runs(selected, include_existing)
         return self._stream(self._stub.WatchRuns, request, rq.watched_runs)

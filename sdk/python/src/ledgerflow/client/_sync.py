@@ -354,6 +354,23 @@ class SyncClient:
         """Return a run's snapshot; see :meth:`Client.get_run`."""
         return self._call(self._stub.GetRun, rq.get_run(run_id)).run
 
+    def _run_filter(
+        self,
+        statuses: Iterable[rq.RunStatusLike],
+        workflow_name: str,
+        created_after: datetime | None,
+        created_before: datetime | None,
+        namespace: str | None,
+    ) -> run_service_pb2.RunFilter:
+        """The filter of list_runs, iter_runs and watch_runs (the client's namespace by default)."""
+        return rq.run_filter(
+            statuses,
+            workflow_name,
+            created_after,
+            created_before,
+            rq.request_namespace(namespace, self._namespace),
+        )
+
     def list_runs(
         self,
         *,
@@ -366,12 +383,8 @@ class SyncClient:
         page_token: str = "",
     ) -> rq.ListRunsPage:
         """Return one page of runs, newest first; see :meth:`Client.list_runs`."""
-        selected = rq.run_filter(
-            statuses,
-            workflow_name,
-            created_after,
-            created_before,
-            rq.request_namespace(namespace, self._namespace),
+        selected = self._run_filter(
+            statuses, workflow_name, created_after, created_before, namespace
         )
         request = rq.list_runs(selected, page_size, page_token)
         return rq.list_runs_page(self._call(self._stub.ListRuns, request))
@@ -388,12 +401,8 @@ class SyncClient:
         page_token: str = "",
     ) -> Generator[run_service_pb2.RunSummary, None, None]:
         """Iterate over every matching run across pages; see :meth:`Client.iter_runs`."""
-        selected = rq.run_filter(
-            statuses,
-            workflow_name,
-            created_after,
-            created_before,
-            rq.request_namespace(namespace, self._namespace),
+        selected = self._run_filter(
+            statuses, workflow_name, created_after, created_before, namespace
         )
         token: str | None = page_token
         while token is not None:
@@ -457,12 +466,8 @@ class SyncClient:
         include_existing: bool = False,
     ) -> Generator[run_service_pb2.RunSummary, None, None]:
         """Stream changes to matching runs; see :meth:`Client.watch_runs`."""
-        selected = rq.run_filter(
-            statuses,
-            workflow_name,
-            created_after,
-            created_before,
-            rq.request_namespace(namespace, self._namespace),
+        selected = self._run_filter(
+            statuses, workflow_name, created_after, created_before, namespace
         )
         request = rq.watch_runs(selected, include_existing)
         return self._stream(self._stub.WatchRuns, request, rq.watched_runs)
